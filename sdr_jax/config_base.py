@@ -1,0 +1,73 @@
+"""The fields every training config has; `configs/*.py` start from these and change what differs.
+
+Every value a user may change lives on the config and can be overridden from the command line
+(`--config.optim.batch_size=128`); a field that does not exist is an error, not a silent no-op.
+"""
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from sdr_jax import models
+from sdr_jax.data.augment import default_aug_config
+
+
+def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, stem: str,
+                   proj_dim: int, pred_dim: int, split: str = "pool") -> ConfigDict:
+    config = ConfigDict()
+    config.method = "simsiam"
+    config.seed = 0
+
+    config.data = ConfigDict()
+    config.data.dataset = dataset          # 'mosaic', 'mosaic/small', or a prepared TFDS name
+    config.data.split = split
+    config.data.data_dir = ""              # '' = TFDS's default (~/tensorflow_datasets)
+    config.data.image_size = image_size
+    config.data.num_workers = 0            # grain worker processes (0 = in the main process)
+    config.data.aug = default_aug_config(image_size)
+
+    config.model = models.model_config(arch, width=width, stem=stem, proj_dim=proj_dim,
+                                       pred_dim=pred_dim)
+
+    config.optim = ConfigDict()
+    config.optim.batch_size = 512          # global batch, split over all devices
+    config.optim.base_lr = 0.05            # lr = base_lr * batch_size / 256, cosine decay
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 1e-4
+    config.optim.warmup_steps = 0
+    config.optim.fix_pred_lr = True        # predictor keeps the peak lr (SimSiam)
+
+    config.train = ConfigDict()
+    config.train.num_epochs = 100
+    config.train.num_steps = 0             # > 0 overrides num_epochs
+    config.train.log_every = 100
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 3
+    config.train.knn_every = 0             # online kNN monitor every N steps (0 = only at the end)
+
+    config.eval = ConfigDict()
+    config.eval.knn_tasks = ()             # downstream tasks (see sdr_jax.data.datasets.TASKS)
+    config.eval.knn_k = 20
+    config.eval.knn_temperature = 0.1
+    config.eval.knn_max_train = 0          # cap on memory-bank size per task (0 = all)
+    config.eval.batch_size = 512
+    return config
+
+
+def make_tiny(config: ConfigDict) -> ConfigDict:
+    """A tiny model and a handful of steps: any experiment runs end to end in seconds on a CPU."""
+    config.model = models.model_config("resnet_tiny", width=config.model.width, stem="small",
+                                       proj_dim=32, pred_dim=16, sdr=config.model.sdr)
+    config.data.image_size = 32
+    config.data.aug = default_aug_config(32)
+    config.optim.batch_size = 16
+    config.train.num_steps = 6
+    config.train.log_every = 2
+    config.train.checkpoint_every = 3
+    config.train.knn_every = 0
+    config.eval.knn_max_train = 64
+    config.eval.batch_size = 64
+    # Tiny runs exercise the code path, not the data: the small embedded pool always works.
+    config.data.dataset = "mosaic/small"
+    config.data.split = "pool"
+    config.data.num_workers = 0
+    return config

@@ -1,0 +1,38 @@
+"""What every launch script does the same way: multi-host set-up and one-line errors."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, NoReturn
+
+import jax
+from absl import flags
+
+from sdr_jax.errors import SDRError
+
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def init_distributed() -> None:
+    """Initialises jax.distributed when asked to; a single process needs nothing."""
+    if _COORDINATOR.value is not None:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run_or_fail(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs fn; a user-input error (SDRError, or a ValueError from config checks) becomes one
+    line on stderr and exit code 1."""
+    try:
+        return fn(*args, **kwargs)
+    except (SDRError, ValueError) as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

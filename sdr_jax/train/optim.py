@@ -1,0 +1,47 @@
+"""SimSiam's optimiser: SGD with momentum and L2 weight decay, cosine lr, fixed predictor lr."""
+from __future__ import annotations
+
+import jax
+import optax
+from ml_collections import ConfigDict
+
+
+def peak_learning_rate(optim_cfg: ConfigDict) -> float:
+    """The linear scaling rule of SimSiam: lr = base_lr * batch_size / 256."""
+    return optim_cfg.base_lr * optim_cfg.batch_size / 256
+
+
+def learning_rate_schedule(optim_cfg: ConfigDict, num_steps: int) -> optax.Schedule:
+    peak = peak_learning_rate(optim_cfg)
+    warmup = min(optim_cfg.warmup_steps, num_steps - 1)
+    if warmup > 0:
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, num_steps)
+    return optax.cosine_decay_schedule(peak, max(num_steps, 1))
+
+
+def _is_predictor(path) -> bool:
+    return any("predictor" in str(getattr(key, "key", key)).lower() for key in path)
+
+
+def make_optimizer(optim_cfg: ConfigDict, num_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns (optimiser, backbone lr schedule).
+
+    The predictor keeps the peak lr throughout when `fix_pred_lr` is set (SimSiam §4.2: a
+    decaying predictor lr hurts); everything else follows the cosine schedule.
+    """
+    schedule = learning_rate_schedule(optim_cfg, num_steps)
+
+    def sgd(lr):
+        return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
+                           optax.sgd(lr, momentum=optim_cfg.momentum))
+
+    if not optim_cfg.fix_pred_lr:
+        return sgd(schedule), schedule
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "predictor" if _is_predictor(path) else "rest", params)
+
+    tx = optax.multi_transform(
+        {"rest": sgd(schedule), "predictor": sgd(peak_learning_rate(optim_cfg))}, labels)
+    return tx, schedule
