@@ -191,3 +191,26 @@ def _tfds_builder(dataset: str, config: Any, data_dir: str | os.PathLike | None,
             f'{dataset} --data_dir={root} --file_format=array_record` (add --manual_dir=DIR for '
             'datasets with a manual download) and copy the result here.')
     return builder
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainSizes:
+    domain: str
+    num_classes: int
+    pool: int
+    train: int
+    test: int
+
+
+def mosaic_sizes(builder: mosaic.Mosaic) -> list[DomainSizes]:
+    """Per domain: classes and pool / task-train / task-test sizes of a prepared mosaic."""
+    splits = builder.info.splits
+    pool = builder.as_data_source(split=mosaic.POOL_SPLIT)
+    pool_domains = np.zeros(len(mosaic.DOMAINS), np.int64)
+    for start in range(0, len(pool), 4096):
+        records = pool.__getitems__(list(range(start, min(start + 4096, len(pool)))))
+        pool_domains += np.bincount([r['domain'] for r in records], minlength=len(pool_domains))
+    return [DomainSizes(domain.name, len(domain.class_names), int(pool_domains[index]),
+                        splits[mosaic.train_split(domain.name)].num_examples,
+                        splits[mosaic.test_split(domain.name)].num_examples)
+            for index, domain in enumerate(mosaic.DOMAINS)]
