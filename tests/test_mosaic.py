@@ -115,6 +115,8 @@ def test_missing_source_midway_leaves_nothing(tmp_path):
     assert [p.name for p in (tmp_path / 'shared').iterdir()] == ['other_dataset']
 
 
-def test_manual_dir_must_exist(tmp_path):
-    with pytest.raises(sources.SourceMissingError, match='not a directory'):
-        datasets.prepare_mosaic(tmp_path / 'data', TINY, manual_dir=tmp_path / 'nope')
+def test_manual_dir_must_hold_sources(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    for manual in (tmp_path / 'nope', tmp_path / 'empty'):
+        with pytest.raises(sources.SourceMissingError, match='not a directory with sources'):
+            datasets.prepare_mosaic(tmp_path / 'data', TINY, manual_dir=manual)

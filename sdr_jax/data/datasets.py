@@ -123,8 +123,11 @@ def prepare_mosaic(data_dir: str | os.PathLike | None,
                    config: str | mosaic.MosaicConfig = 'default',
                    manual_dir: str | os.PathLike | None = None) -> mosaic.Mosaic:
     """Builds mosaic (if not built yet); a failed build leaves nothing behind in data_dir."""
-    if manual_dir is not None and not pathlib.Path(manual_dir).is_dir():
-        raise SourceMissingError(f'manual_dir {manual_dir} is not a directory.')
+    # TFDS treats a missing or empty manual_dir as not given: the installed sources would be
+    # read instead of the ones asked for.
+    if manual_dir is not None and not (pathlib.Path(manual_dir).is_dir()
+                                       and any(pathlib.Path(manual_dir).iterdir())):
+        raise SourceMissingError(f'manual_dir {manual_dir} is not a directory with sources in it.')
     builder = mosaic_builder(data_dir, config)
     if builder.is_prepared():
         return builder
