@@ -120,3 +120,14 @@ def test_manual_dir_must_hold_sources(tmp_path):
     for manual in (tmp_path / 'nope', tmp_path / 'empty'):
         with pytest.raises(sources.SourceMissingError, match='not a directory with sources'):
             datasets.prepare_mosaic(tmp_path / 'data', TINY, manual_dir=manual)
+
+
+def test_ids_agree_across_configs(built, tmp_path, source_tree):
+    root, _ = source_tree
+    other = mosaic.MosaicConfig(name='other', pool_per_domain=5, train_per_task=40,
+                                test_per_task=3)
+    rebuilt = _read_all(datasets.prepare_mosaic(tmp_path, other, manual_dir=root))
+    hash_of = {int(e['id']): _hash(e) for examples in built.values() for e in examples}
+    shared = [e for examples in rebuilt.values() for e in examples if int(e['id']) in hash_of]
+    assert len(shared) > 100
+    assert all(hash_of[int(e['id'])] == _hash(e) for e in shared)

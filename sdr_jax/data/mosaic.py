@@ -14,8 +14,9 @@ every config and every build. The first ranks form the test split; the ranks aft
 both the task's train split and the pool, so task-train images may also be in the pool, but
 test images never are.
 
-Sources: `DownloadConfig(manual_dir=...)` overrides every source root (a tree mirroring the
-installed layout, see `sources.SourceRoots.under`); otherwise the installed packages are read.
+Sources: an explicit, non-empty `DownloadConfig(manual_dir=...)` overrides every source root
+(a tree mirroring the installed layout, see `sources.SourceRoots.under`); otherwise the
+installed packages are read (TFDS's default `<data_dir>/downloads/manual` is not used).
 """
 from __future__ import annotations
 
@@ -63,7 +64,12 @@ def test_split(task: str) -> str:
 
 @dataclasses.dataclass(eq=False)
 class MosaicConfig(tfds.core.BuilderConfig):
-    """Per-domain caps. Test takes min(test_per_task, test_fraction * n) of the n images."""
+    """Per-domain caps. Test takes min(test_per_task, test_fraction * n) of the n images.
+
+    `default`: about 40.7k pool images on the installed sources (fashion 16k, mnist 9k,
+    animal 8.7k, clipart 5.6k, emoji 1.4k; only fashion hits the cap), small enough for CPU
+    pre-training at 32x32, and up to 1000 test / 5000 train images per task.
+    """
     pool_per_domain: int = 16_000
     train_per_task: int = 5_000
     test_per_task: int = 1_000
