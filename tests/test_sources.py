@@ -1,6 +1,4 @@
 """Source readers: formats, conversions, de-duplication, missing-source errors."""
-import os
-import pathlib
 
 import numpy as np
 import pytest
