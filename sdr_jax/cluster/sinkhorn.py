@@ -57,11 +57,12 @@ def sinkhorn(
 def _segment_logsumexp(x: jax.Array, segment_ids: jax.Array, num_segments: int,
                        axis_name) -> jax.Array:
     """logsumexp over the examples of each segment (and of every device), per column."""
-    seg_max = jax.ops.segment_max(x, segment_ids, num_segments)
+    # The max is only a numerical shift: keep it out of differentiation (pmax has no rule).
+    seg_max = jax.ops.segment_max(jax.lax.stop_gradient(x), segment_ids, num_segments)
     if axis_name is not None:
         seg_max = jax.lax.pmax(seg_max, axis_name)
     # Segments with no example anywhere have max -inf; a finite stand-in keeps NaNs out.
-    seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
+    seg_max = jnp.where(jnp.isfinite(seg_max), seg_max, 0.0)
     sums = _all_sum(jax.ops.segment_sum(jnp.exp(x - seg_max[segment_ids]), segment_ids,
                                         num_segments), axis_name)
     return seg_max + jnp.log(sums)
