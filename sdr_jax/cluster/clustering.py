@@ -1,0 +1,275 @@
+"""Hierarchical, path-shaped Sinkhorn clustering (DESIGN.md §2.2).
+
+The tree has L levels. Level l holds centroids of shape (G**l, G, D): row `node` splits the
+examples of depth-l tree node `node` G ways. For an example f of node `parent` the scores are
+S = f · C[parent] (G of them); the balanced posterior U = sinkhorn(S) (balanced within each
+parent) is the target of a cross-entropy against softmax(S / tau), minimised by SGD over
+mini-batches. After training a level, the hard assignment argmax S gives each example its
+child, node id parent * G + child, which is the parent of the next level. Levels train one
+after another; after level L-1 the node id is the leaf id == the SDR path index.
+
+Every step is one jitted `shard_map` over a 1-D data mesh (the batch is split over its
+devices, the Sinkhorn column sums and the gradient are reduced across them), so the same
+code clusters on one CPU or on a pod.
+"""
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sdr_jax.cluster.assignments import Assignments
+from sdr_jax.cluster.features import FeatureStore
+from sdr_jax.cluster.sinkhorn import sinkhorn
+
+
+# Examples per tree node that the k-means++ seeding looks at (bounds its reads).
+_SEED_CANDIDATES = 2048
+
+
+class EmptyClusterError(ValueError):
+    """A tree node ended up with too few examples for its sub-tree."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Every knob of the clustering job."""
+
+    epsilon: float = 0.05      # Sinkhorn entropic regularisation.
+    sinkhorn_iters: int = 3    # SwAV uses 3; more makes each batch closer to exactly balanced.
+    tau: float = 0.1           # Temperature of softmax(S / tau).
+    learning_rate: float = 0.5  # Peak SGD learning rate (cosine-decayed over each level).
+    momentum: float = 0.9
+    epochs: int = 5            # Passes over the data per tree level.
+    batch_size: int = 4096     # Global batch; split over the mesh's devices.
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epsilon", "tau", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ClusterConfig.{name} must be > 0; got {getattr(self, name)}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"ClusterConfig.momentum must lie in [0, 1); got {self.momentum}.")
+        for name in ("sinkhorn_iters", "epochs", "batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"ClusterConfig.{name} must be an int >= 1; got "
+                                 f"{getattr(self, name)!r}.")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> "ClusterConfig":
+        """From a dict or ConfigDict; unknown keys are an error (no silently ignored typos)."""
+        values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown clustering config keys {sorted(unknown)}; valid keys: "
+                             f"{[f.name for f in dataclasses.fields(cls)]}.")
+        return cls(**values)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The defaults as a ConfigDict, for `configs/*.py` and command-line overrides."""
+    return ml_collections.ConfigDict(dataclasses.asdict(ClusterConfig()))
+
+
+Features = np.ndarray | FeatureStore
+
+
+def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks: int,
+        cfg: ClusterConfig | Mapping[str, Any] | ml_collections.ConfigDict,
+        mesh: jax.sharding.Mesh | None = None, *,
+        provenance: Mapping[str, Any] | None = None) -> Assignments:
+    """Clusters `features` into the G-ary tree of depth L whose leaves are the SDR paths.
+
+    Args:
+      features: (n, D) array, or a FeatureStore (streamed, never loaded whole).
+      ids: (n,) unique example ids; None takes the store's ids (or 0..n-1 for an array).
+      num_groups, num_blocks: G and L; there are G**L leaf clusters.
+      cfg: ClusterConfig, or a dict/ConfigDict with its fields.
+      mesh: a 1-D device mesh to split batches over; None uses all local devices.
+      provenance: recorded in the result (checkpoint, dataset, split, ...).
+
+    Raises:
+      EmptyClusterError: a tree node gets fewer examples than it has leaves to fill.
+    """
+    cfg = cfg if isinstance(cfg, ClusterConfig) else ClusterConfig.from_mapping(cfg)
+    num_examples, dim = _check_features(features)
+    ids = _resolve_ids(features, ids, num_examples)
+    if num_groups < 2 or num_blocks < 1:
+        raise ValueError(f"need num_groups >= 2 and num_blocks >= 1; got G={num_groups}, "
+                         f"L={num_blocks}.")
+    mesh = mesh if mesh is not None else jax.make_mesh((jax.local_device_count(),), ("data",))
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.size} "
+                         "devices of the mesh.")
+    if cfg.batch_size > num_examples:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {num_examples} examples; "
+                         "lower ClusterConfig.batch_size.")
+    read = features.read if isinstance(features, FeatureStore) else (
+        lambda rows: np.asarray(features[rows], np.float32))
+
+    nodes = np.zeros(num_examples, np.int64)  # Depth-0: everybody is under the root.
+    _check_nonempty(nodes, num_groups, 0, num_blocks)
+    centroids = []
+    for level in range(num_blocks):
+        rng = np.random.default_rng([cfg.seed, level])
+        params = _init_centroids(read, nodes, num_groups, level, rng)
+        params = _train_level(params, read, nodes, cfg, mesh, rng, level)
+        children = _hard_assign(params, read, nodes, cfg, mesh)
+        nodes = nodes * num_groups + children
+        _check_nonempty(nodes, num_groups, level + 1, num_blocks)
+        centroids.append(np.asarray(params))
+    record = dict(provenance or {})
+    record["cluster_config"] = dataclasses.asdict(cfg)
+    return Assignments(ids=ids, leaves=nodes, num_groups=num_groups, num_blocks=num_blocks,
+                       centroids=tuple(centroids), provenance=record)
+
+
+def _init_centroids(read: Callable[[np.ndarray], np.ndarray], nodes: np.ndarray,
+                    num_groups: int, level: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (cosine distance) of every node's G centroids from its examples.
+
+    Random seeds often land in the same coarse group, and the balanced objective then
+    settles on a finer split; spreading the seeds makes the coarse split the likely one.
+    """
+    num_nodes = num_groups**level
+    order = np.argsort(nodes, kind="stable")
+    bounds = np.searchsorted(nodes[order], np.arange(num_nodes + 1))
+    params = []
+    for node in range(num_nodes):
+        members = order[bounds[node]:bounds[node + 1]]
+        candidates = np.sort(rng.choice(members, min(len(members), _SEED_CANDIDATES),
+                                        replace=False))
+        unit = np.asarray(_normalize(read(candidates)))
+        chosen = [unit[rng.integers(len(unit))]]
+        for _ in range(num_groups - 1):
+            distance = np.clip(1.0 - np.max(unit @ np.stack(chosen).T, axis=1), 0.0, None)
+            weights = distance**2 if distance.sum() > 0 else np.ones(len(unit))
+            chosen.append(unit[rng.choice(len(unit), p=weights / weights.sum())])
+        params.append(np.stack(chosen))
+    return np.stack(params)
+
+
+def _train_level(params: np.ndarray, read, nodes: np.ndarray, cfg: ClusterConfig,
+                 mesh: jax.sharding.Mesh, rng: np.random.Generator, level: int) -> jax.Array:
+    steps_per_epoch = len(nodes) // cfg.batch_size  # The remainder is reshuffled in next epoch.
+    schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.epochs * steps_per_epoch)
+    optimizer = optax.sgd(schedule, momentum=cfg.momentum)
+    replicated = NamedSharding(mesh, P())
+    params = jax.device_put(params, replicated)
+    opt_state = jax.device_put(optimizer.init(params), replicated)
+    step = _make_train_step(optimizer, cfg, mesh, params.shape[0])
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(len(nodes))
+        for batch in range(steps_per_epoch):
+            # Sorted rows read faster from a memory-mapped store; the batch stays random.
+            rows = np.sort(order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size])
+            feats, parents = _shard_batch(mesh, read(rows), nodes[rows])
+            params, opt_state, loss = step(params, opt_state, feats, parents)
+        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch, float(loss))
+    return params
+
+
+def _make_train_step(optimizer: optax.GradientTransformation, cfg: ClusterConfig,
+                     mesh: jax.sharding.Mesh, num_nodes: int):
+    axes = mesh.axis_names
+
+    def loss_fn(params, feats, parents):
+        scores = _scores(params, feats, parents)
+        targets = sinkhorn(jax.lax.stop_gradient(scores), cfg.epsilon, cfg.sinkhorn_iters,
+                           axis_name=axes, segment_ids=parents, num_segments=num_nodes)
+        cross_entropy = -jnp.sum(targets * jax.nn.log_softmax(scores / cfg.tau), axis=-1)
+        return jnp.sum(cross_entropy) / cfg.batch_size  # This shard's part of the global mean.
+
+    def step(params, opt_state, feats, parents):
+        # With shard_map's check_vma the gradient w.r.t. the replicated params comes back
+        # already summed over the mesh: it is the global-batch gradient, no pmean needed.
+        loss, grads = jax.value_and_grad(loss_fn)(params, feats, parents)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = _normalize(optax.apply_updates(params, updates))
+        return params, opt_state, jax.lax.psum(loss, axes)
+
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(axes), P(axes)),
+                            out_specs=(P(), P(), P()))
+    return jax.jit(sharded, donate_argnums=(0, 1))
+
+
+def _hard_assign(params: jax.Array, read, nodes: np.ndarray, cfg: ClusterConfig,
+                 mesh: jax.sharding.Mesh) -> np.ndarray:
+    """argmax over each example's G candidate children, in fixed-size (padded) batches."""
+    axes = mesh.axis_names
+    assign = jax.jit(jax.shard_map(lambda c, f, p: jnp.argmax(_scores(c, f, p), axis=-1),
+                                   mesh=mesh, in_specs=(P(), P(axes), P(axes)),
+                                   out_specs=P(axes)))
+    children = np.empty(len(nodes), np.int64)
+    for start in range(0, len(nodes), cfg.batch_size):
+        rows = np.arange(start, min(start + cfg.batch_size, len(nodes)))
+        pad = cfg.batch_size - len(rows)
+        feats = np.pad(read(rows), ((0, pad), (0, 0)))
+        parents = np.pad(nodes[rows], (0, pad))
+        children[rows] = np.asarray(assign(params, *_shard_batch(mesh, feats, parents)))[:len(rows)]
+    return children
+
+
+def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.Array:
+    """(b, G) cosine similarities of each example to its parent node's G centroids."""
+    num_nodes, num_groups, dim = centroids.shape
+    # One matmul against all nodes' centroids, then a gather of the parent's G columns: a
+    # (b, G, D) gather of centroids per example would cost far more memory than (b, nodes*G).
+    all_scores = _normalize(feats) @ _normalize(centroids).reshape(-1, dim).T
+    all_scores = all_scores.reshape(-1, num_nodes, num_groups)
+    return jnp.take_along_axis(all_scores, parents[:, None, None], axis=1)[:, 0]
+
+
+def _normalize(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _shard_batch(mesh: jax.sharding.Mesh, feats: np.ndarray, parents: np.ndarray):
+    sharding = NamedSharding(mesh, P(mesh.axis_names))
+    return (jax.device_put(feats, sharding),
+            jax.device_put(parents.astype(np.int32), sharding))
+
+
+def _check_features(features: Features) -> tuple[int, int]:
+    if not isinstance(features, (np.ndarray, FeatureStore)):
+        raise ValueError(f"features must be a NumPy array or a FeatureStore; got "
+                         f"{type(features).__name__}.")
+    if len(features.shape) != 2:
+        raise ValueError(f"features must have shape (examples, dim); got {features.shape}.")
+    if isinstance(features, np.ndarray) and not np.issubdtype(features.dtype, np.floating):
+        raise ValueError(f"features must be floating point; got {features.dtype}.")
+    return features.shape
+
+
+def _resolve_ids(features: Features, ids: np.ndarray | None, num_examples: int) -> np.ndarray:
+    if ids is None:
+        return features.ids if isinstance(features, FeatureStore) else np.arange(num_examples)
+    ids = np.asarray(ids)
+    if ids.shape != (num_examples,):
+        raise ValueError(f"ids must have shape ({num_examples},), one per feature row; got "
+                         f"{ids.shape}.")
+    if isinstance(features, FeatureStore) and not np.array_equal(ids, features.ids):
+        raise ValueError("ids differ from the feature store's ids; pass ids=None to use them.")
+    if len(np.unique(ids)) != num_examples:
+        raise ValueError("example ids must be unique.")
+    return ids
+
+
+def _check_nonempty(nodes: np.ndarray, num_groups: int, depth: int, num_blocks: int) -> None:
+    """Every depth-`depth` node needs at least one example per leaf below it."""
+    needed = num_groups**(num_blocks - depth)
+    sizes = np.bincount(nodes, minlength=num_groups**depth)
+    small = np.flatnonzero(sizes < needed)
+    if small.size:
+        raise EmptyClusterError(
+            f"{small.size} tree node(s) at depth {depth} (ids {small[:5].tolist()}) have fewer "
+            f"than the {needed} example(s) needed to fill their leaves (sizes "
+            f"{sizes[small[:5]].tolist()}); use more data, fewer paths (G, L), more epochs or "
+            "a larger epsilon.")
