@@ -4,7 +4,7 @@
   python launch/train.py --config=configs/simsiam_mosaic.py:tiny --workdir=/tmp/tiny
 """
 from sdr_jax.config_base import make_tiny, simsiam_config
-from sdr_jax.data.datasets import MOSAIC_TASKS
+from sdr_jax.data.datasets import TASKS
 
 
 def get_config(arg: str | None = None):
@@ -16,7 +16,7 @@ def get_config(arg: str | None = None):
     config.train.log_every = 50
     config.train.checkpoint_every = 500
     config.train.knn_every = 2000
-    config.eval.knn_tasks = tuple(MOSAIC_TASKS)
+    config.eval.knn_tasks = tuple(TASKS)
     config.eval.knn_max_train = 5000
     if arg == "tiny":
         make_tiny(config)

@@ -26,7 +26,7 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
     config.data.aug = default_aug_config(image_size)
 
     config.model = models.model_config(arch, width=width, stem=stem, proj_dim=proj_dim,
-                                       pred_dim=pred_dim)
+                                       pred_dim=pred_dim, sdr=dict(num_groups=0))
 
     config.optim = ConfigDict()
     config.optim.batch_size = 512          # global batch, split over all devices
@@ -55,8 +55,8 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
 
 def make_tiny(config: ConfigDict) -> ConfigDict:
     """A tiny model and a handful of steps: any experiment runs end to end in seconds on a CPU."""
-    config.model = models.model_config("resnet_tiny", width=config.model.width, stem="small",
-                                       proj_dim=32, pred_dim=16, sdr=config.model.sdr)
+    config.model = models.model_config("tiny", stem="small", proj_dim=32, pred_dim=16,
+                                       sdr=config.model.sdr.to_dict())
     config.data.image_size = 32
     config.data.aug = default_aug_config(32)
     config.optim.batch_size = 16

@@ -24,6 +24,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from sdr_jax.errors import SDRError
+
 IMAGE_SIZE = 32
 # Larger PNGs are skipped (20 clipart posters of 4-600 Mpixel: slow to decode, no use at 32x32).
 MAX_SOURCE_PIXELS = 4_000_000
@@ -48,7 +50,7 @@ CLIPART_CLASSES = ('animals', 'buildings', 'computer', 'education', 'electronics
 EMOJI_VENDORS = ('google', 'twitter')
 
 
-class DataError(Exception):
+class DataError(SDRError):
     """Base class of the data errors of sdr_jax (one-line, actionable messages)."""
 
 

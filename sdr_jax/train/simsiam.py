@@ -103,7 +103,7 @@ class Trainer:
         self.train_model = models.build_model(config.model, bn_axis_name=DATA_AXIS)
         self.path = jnp.asarray(models.path_spec(config.model).full_path())
         self.source = datasets.open_source(config.data.dataset, config.data.split,
-                                           config.data.data_dir, build_if_missing=True)
+                                           config.data.data_dir or None, build_if_missing=True)
         self.num_steps = num_train_steps(config, len(self.source))
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, self.num_steps)
 
@@ -139,7 +139,14 @@ class Trainer:
             temperature=cfg.knn_temperature, max_train=cfg.knn_max_train or None))
 
     def _open_task(self, name: str):
-        return datasets.open_task(name, self.config.data.data_dir)
+        # Tasks of the embedded pool are read from the same variant (e.g. mosaic/small) as the pool.
+        dataset = self.config.data.dataset
+        same_family = datasets.parse_name(dataset)[0] == datasets.TASKS[name].dataset \
+            if name in datasets.TASKS else False
+        train, test, task = datasets.open_task(name, self.config.data.data_dir or None,
+                                               dataset=dataset if same_family else None,
+                                               build_if_missing=True)
+        return train, test, task.num_classes
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
