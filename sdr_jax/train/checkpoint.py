@@ -83,3 +83,26 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
+
+
+def load_run(workdir: str, step: int | None = None) -> tuple[ConfigDict, dict, int]:
+    """(config, {'params', 'batch_stats'}, step) of a training run's latest (or given) checkpoint.
+
+    Reads only what inference needs: no optimiser or model has to be rebuilt to restore it.
+    """
+    root = epath.Path(workdir)
+    config_path = root / CONFIG_FILE
+    if not config_path.exists():
+        raise CheckpointError(f"{workdir} is not a training workdir (no {CONFIG_FILE}); pass the "
+                              f"--workdir of a finished launch/train.py run.")
+    config = ConfigDict(json.loads(config_path.read_text()))
+    manager = ocp.CheckpointManager(root.absolute() / "checkpoints", item_names=("state", "data"),
+                                    options=ocp.CheckpointManagerOptions(create=False,
+                                                                         read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise CheckpointError(f"{workdir} has no checkpoint{'' if step is None else f' {step}'}; "
+                              f"train first (launch/train.py --workdir={workdir}).")
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return config, {"params": state["params"], "batch_stats": state["batch_stats"]}, step
