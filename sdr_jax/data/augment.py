@@ -176,10 +176,10 @@ def augment(image: np.ndarray, rng: np.random.Generator,
     size = int(cfg.image_size)
     height, width = image.shape[:2]
     top, left, h, w = random_resized_crop_box(height, width, rng, cfg.crop_scale, cfg.crop_ratio)
-    # PIL crops and resizes in one call (antialiased when shrinking).
-    crop = Image.fromarray(image).resize((size, size), _INTERPOLATIONS[cfg.interpolation],
-                                         box=(left, top, left + w, top + h))
-    out = np.asarray(crop)
+    # Crop, then resize (antialiased when shrinking), as torchvision: PIL's `box=` argument
+    # would also blend in pixels just outside the box.
+    crop = Image.fromarray(image[top:top + h, left:left + w])
+    out = np.asarray(crop.resize((size, size), _INTERPOLATIONS[cfg.interpolation]))
     if rng.random() < cfg.flip_prob:
         out = out[:, ::-1]
     jitter = rng.random() < cfg.jitter_prob
@@ -201,7 +201,7 @@ def augment(image: np.ndarray, rng: np.random.Generator,
 def center_resize(image: np.ndarray, size: int) -> np.ndarray:
     """Evaluation view: shorter side resized to `size`, then the centre `size` x `size`.
 
-    Done as one PIL crop+resize of the centre square; identity when already size x size.
+    Done as one resize of the centre square; identity when already size x size.
     """
     _check_image(image)
     height, width = image.shape[:2]
@@ -209,6 +209,5 @@ def center_resize(image: np.ndarray, size: int) -> np.ndarray:
         return image
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    out = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR,
-                                        box=(left, top, left + side, top + side))
-    return np.asarray(out)
+    square = Image.fromarray(image[top:top + side, left:left + side])
+    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR))
