@@ -163,7 +163,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     else:
         state, data_state = restored
         state = jax.device_put(state, mesh_lib.replicated(trainer.mesh))
-        pipeline.restore_iterator(data_iter, data_state)
+        pipeline.set_iterator_state(data_iter, data_state["iterator"])
         logging.info("Resumed from step %d.", int(state.step))
     first_step = int(state.step)
     train_step = make_train_step(trainer.train_model, trainer.tx, trainer.mesh, trainer.path)
@@ -190,7 +190,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
                     if is_lead:
                         print(reporting.format_metrics(step, trainer.num_steps, values), flush=True)
             if step % cfg.checkpoint_every == 0 or is_last or checkpointer.reached_preemption(step):
-                checkpointer.save(step, state, pipeline.iterator_state(data_iter), force=True)
+                checkpointer.save(step, state, {"iterator": pipeline.get_iterator_state(data_iter).decode()},
+                                  force=True)
                 if checkpointer.reached_preemption(step):
                     print(f"Preempted: checkpoint saved at step {step}.", flush=True)
                     return {}
