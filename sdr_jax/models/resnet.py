@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sdr_jax import paths
 from sdr_jax.models.batchnorm import MaskedBatchNorm
@@ -37,6 +38,7 @@ class BasicBlock(nn.Module):
     strides: int
     norm: ModuleDef
     dtype: Any = jnp.float32
+    identity_select: Optional[tuple[int, ...]] = None  # see ResNet.identity_select
     expansion: ClassVar[int] = 1
 
     @nn.compact
@@ -57,6 +59,7 @@ class Bottleneck(nn.Module):
     strides: int
     norm: ModuleDef
     dtype: Any = jnp.float32
+    identity_select: Optional[tuple[int, ...]] = None  # see ResNet.identity_select
     expansion: ClassVar[int] = 4
 
     @nn.compact
@@ -73,6 +76,8 @@ class Bottleneck(nn.Module):
 
 def _shortcut(block: nn.Module, x: jax.Array, outer_mask: Mask, train: bool) -> jax.Array:
     out = block.filters * block.expansion
+    if block.identity_select is not None:
+        return x[..., np.asarray(block.identity_select)]
     if x.shape[-1] == out and block.strides == 1:
         return x
     y = _conv(out, 1, block.strides, "proj_conv", block.dtype)(x)
@@ -90,14 +95,15 @@ class ResNetStage(nn.Module):
     inner_layout: Optional[paths.ChannelLayout] = None
     outer_layout: Optional[paths.ChannelLayout] = None
     dtype: Any = jnp.float32
+    identity_select: Optional[tuple[int, ...]] = None
 
     @nn.compact
     def __call__(self, x, p, train: bool):
         inner = None if self.inner_layout is None else paths.block_mask(self.inner_layout, p)
         outer = None if self.outer_layout is None else paths.block_mask(self.outer_layout, p)
         for i in range(self.num_blocks):
-            block = self.block_cls(self.filters, self.strides if i == 0 else 1, self.norm,
-                                   self.dtype, name=f"block_{i}")
+            block = self.block_cls(self.filters, self.strides if i == 0 else 1, self.norm, self.dtype,
+                                   self.identity_select if i == 0 else None, name=f"block_{i}")
             x = block(x, inner, outer, train)
         return x
 
@@ -151,6 +157,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_axis_name: Optional[str] = None
     sync_bn: bool = True
+    # Compact exports only: the first block's identity shortcut keeps these stem
+    # channels (an SDR stage 0 whose shortcut is the identity in the SDRnet).
+    identity_select: Optional[tuple[int, ...]] = None
 
     def setup(self):
         if self.stem_kind not in ("imagenet", "small"):
@@ -163,7 +172,8 @@ class ResNet(nn.Module):
         self.stem_conv = _conv(int(64 * self.width), 7 if big else 3, 2 if big else 1, None, self.dtype)
         self.stem_bn = norm()
         self.stages = [
-            ResNetStage(n, f, 1 if s == 0 else 2, self.block_cls, norm, inner, outer, self.dtype)
+            ResNetStage(n, f, 1 if s == 0 else 2, self.block_cls, norm, inner, outer, self.dtype,
+                        self.identity_select if s == 0 else None)
             for s, (n, f, (inner, outer)) in enumerate(zip(self.stage_sizes, filters, layouts))]
 
     def __call__(self, x: jax.Array, path: Optional[jax.Array], train: bool) -> jax.Array:

@@ -38,12 +38,13 @@ class SimSiam(nn.Module):
     bn_momentum: float = 0.9
     bn_axis_name: Optional[str] = None
     sync_bn: bool = True
+    identity_select: Optional[tuple[int, ...]] = None  # compact exports, see ResNet
 
     def setup(self):
         bn = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
                   sync_bn=self.sync_bn)
         self.backbone = ResNet(self.stage_sizes, self.block_cls, self.width, self.stage_widths,
-                               self.stem_kind, self.sdr, **bn)
+                               self.stem_kind, self.sdr, **bn, identity_select=self.identity_select)
         self.projector = Projector(self.proj_dim, self.proj_layers, **bn)
         self.predictor = Predictor(self.pred_dim, self.proj_dim, **bn)
 
