@@ -1,5 +1,4 @@
 """ResNet/SimSiam shapes, stage-wise application, MaskedBatchNorm, config errors."""
-
 import jax
 import jax.numpy as jnp
 import numpy as np
