@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, PartitionSpec as P
 
 from models_testlib import images, random_variables, tiny_config
 from sdr_jax import paths
@@ -107,3 +108,44 @@ def test_sampled_stage_paths_drive_one_step_for_every_stage():
         unused = (feature == 0).all(0)
         assert int(unused.sum()) >= (0 if stage == 0 else 16)
     assert len(traces) == 1
+
+
+def _spmd_forward(model, variables, x, device_paths):
+    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
+
+    def forward(variables, x, path):
+        out, state = model.apply(variables, x, path[0], True, mutable=["batch_stats"])
+        return out["feature"], state["batch_stats"]
+
+    # out_specs P() for the running stats: check_vma proves they are replicated.
+    return jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P("batch"), P("batch")),
+                                 out_specs=(P("batch"), P())))(variables, x, device_paths)
+
+
+def test_sync_bn_model_in_shard_map_equals_one_device():
+    x = images(16, seed=8)
+    path = SPEC.index_to_path(5)
+    variables = random_variables(MODEL, x, path)
+    feature, stats = _spmd_forward(build_model(CFG, bn_axis_name="batch"), variables, x,
+                                   jnp.tile(jnp.asarray(path), (8, 1)))
+    want, state = jax.jit(lambda v, x, p: MODEL.apply(v, x, p, True, mutable=["batch_stats"]))(
+        variables, x, path)
+    np.testing.assert_allclose(feature, want["feature"], rtol=1e-4, atol=1e-4)
+    for got, ref in zip(jax.tree.leaves(stats), jax.tree.leaves(state["batch_stats"])):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_devices_train_different_paths_in_one_spmd_step():
+    x = images(16, seed=9)
+    device_paths = SPEC.all_paths()[:8]  # blocks 0-2 vary, block 3 always group 0
+    variables = random_variables(MODEL, x, device_paths[0])
+    feature, stats = _spmd_forward(build_model(CFG, bn_axis_name="batch"), variables, x,
+                                   jnp.asarray(device_paths))
+    assert np.all(np.isfinite(feature))
+    assert np.all(np.asarray(feature)[:, 48:] == 0)  # block 3 group 1: used by no device
+    old = variables["batch_stats"]["backbone"]["stages_3"]["block_0"]
+    new = stats["backbone"]["stages_3"]["block_0"]
+    for bn in ("bn1", "bn2"):
+        for key in ("mean", "var"):
+            np.testing.assert_array_equal(new[bn][key][48:], old[bn][key][48:])
+            assert np.all(new[bn][key][:48] != old[bn][key][:48])
