@@ -10,7 +10,7 @@ import pytest
 
 from models_testlib import images, random_variables, tiny_config
 from sdr_jax import paths
-from sdr_jax.models import build_model, path_spec, sdr_layout
+from sdr_jax.models import build_model, model_config, path_spec, sdr_layout
 from sdr_jax.models.export import export_subnet, recalibrate_bn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +55,11 @@ def test_sample_of_the_256_path_config_exports_exactly():
     rng = np.random.default_rng(0)
     sample = spec.all_paths()[rng.choice(256, 6, replace=False)]
     _check_export(cfg, np.concatenate([sample, spec.stage_paths(2)[:1], [[2, paths.ALL, 1, 3]]]), size=32)
+
+
+def test_bottleneck_paths_export_exactly():
+    cfg = model_config("tiny_bottleneck", stem="small", proj_dim=32, pred_dim=8, sdr=dict(num_groups=4))
+    _check_export(cfg, [[0, 1, 2, 3], [3, 0, paths.ALL, 1], [paths.ALL] * 3 + [2]])
 
 
 def test_export_rejects_bad_paths():

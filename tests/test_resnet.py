@@ -8,7 +8,6 @@ from jax.sharding import Mesh, PartitionSpec as P
 from models_testlib import images, random_variables, tiny_config
 from sdr_jax.models import build_model, model_config
 from sdr_jax.models.batchnorm import MaskedBatchNorm
-from sdr_jax.models.resnet import Bottleneck
 
 
 @pytest.mark.parametrize("stem,size,spatial", [("small", 16, 2), ("imagenet", 32, 1)])
@@ -50,7 +49,8 @@ def test_stage_wise_application_equals_whole_forward():
 
 
 def test_bottleneck_and_bfloat16():
-    model = build_model(tiny_config(num_groups=2, dtype="bfloat16")).clone(block_cls=Bottleneck)
+    model = build_model(model_config("tiny_bottleneck", stem="small", proj_dim=32, pred_dim=8,
+                                     dtype="bfloat16", sdr=dict(num_groups=2)))
     x = images(2)
     path = jnp.array([0, 1, 1, 0], jnp.int32)
     variables = random_variables(model, x, path)

@@ -11,12 +11,13 @@ from sdr_jax import paths
 from sdr_jax.models import resnet
 from sdr_jax.models.simsiam import SimSiam
 
-# arch -> (stage_sizes, block, default width)
+# arch -> the ResNet partial fixing its stage sizes, block and default width.
 ARCHS = {
-    "resnet18": ((2, 2, 2, 2), resnet.BasicBlock, 1.0),
-    "resnet34": ((3, 4, 6, 3), resnet.BasicBlock, 1.0),
-    "resnet50": ((3, 4, 6, 3), resnet.Bottleneck, 1.0),
-    "tiny": ((1, 1, 1, 1), resnet.BasicBlock, 0.125),  # tests and CPU smoke runs
+    "resnet18": resnet.ResNet18,
+    "resnet34": resnet.ResNet34,
+    "resnet50": resnet.ResNet50,
+    "tiny": resnet.ResNetTiny,  # tests and CPU smoke runs
+    "tiny_bottleneck": resnet.ResNetTinyBottleneck,
 }
 DTYPES = ("float32", "bfloat16")
 
@@ -32,7 +33,7 @@ def model_config(arch: str = "resnet18", **overrides: Any) -> ml_collections.Con
         raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(ARCHS)}.")
     cfg = ml_collections.ConfigDict({
         "arch": arch,
-        "width": ARCHS[arch][2],
+        "width": ARCHS[arch].keywords.get("width", 1.0),
         "stem": "imagenet",
         "dtype": "float32",
         "proj_dim": 2048,
@@ -88,7 +89,8 @@ def build_model(model_cfg: Any, *, bn_axis_name: Optional[str] = None, sync_bn: 
         raise ValueError(f"model.dtype must be one of {DTYPES}, got {model_cfg.dtype!r}.")
     if model_cfg.proj_layers < 1:
         raise ValueError(f"model.proj_layers must be >= 1, got {model_cfg.proj_layers}.")
-    stage_sizes, block_cls, _ = ARCHS[model_cfg.arch]
+    stage_sizes = ARCHS[model_cfg.arch].keywords["stage_sizes"]
+    block_cls = ARCHS[model_cfg.arch].keywords["block_cls"]
     layout = sdr_layout(model_cfg)
     spec = path_spec(model_cfg)
     wanted = model_cfg.sdr.num_paths

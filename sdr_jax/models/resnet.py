@@ -212,3 +212,4 @@ ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBl
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
 # Test-only: one block per stage, 8 base channels.
 ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block_cls=BasicBlock, width=0.125)
+ResNetTinyBottleneck = functools.partial(ResNetTiny, block_cls=Bottleneck)
