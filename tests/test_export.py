@@ -119,7 +119,7 @@ def test_recalibration_pools_batches_exactly():
 
 def test_inspect_cli_runs_on_the_tiny_config():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    out = subprocess.run([sys.executable, "launch/inspect.py", "--config=configs/sdr256.py:tiny"],
+    out = subprocess.run([sys.executable, "launch/describe.py", "--config=configs/sdr256.py:tiny"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout

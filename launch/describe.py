@@ -1,29 +1,20 @@
 """Prints the SDR structure, parameter counts and FLOPs of a config's model.
 
-  python launch/inspect.py --config=configs/sdr256.py
-  python launch/inspect.py --config=configs/sdr_mosaic.py:tiny
+  python launch/describe.py --config=configs/sdr256.py
+  python launch/describe.py --config=configs/sdr_mosaic.py:tiny
 
 FLOPs are XLA's `cost_analysis()` of the compiled eval forward for one image
 (the masked SDRnet computes at full width whatever the path, so its FLOPs are
 those of every path; a compact sub-net's are its own).
 """
-import os
-import sys
+from absl import app
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
 
-# This file is named like the stdlib `inspect`, which jax/flax import: drop
-# launch/ from the module path (and put the repository root on it) first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
-
-from absl import app  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sdr_jax.models import build_model, path_spec, resnet, sdr_layout  # noqa: E402
-from sdr_jax.models.export import export_subnet  # noqa: E402
+from sdr_jax.models import build_model, path_spec, resnet, sdr_layout
+from sdr_jax.models.export import export_subnet
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 
