@@ -1,0 +1,34 @@
+"""SimSiam loss and a collapse monitor."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_EPS = 1e-12
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS))
+
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+    """D(p, z) = -cos(p, stop_grad(z)), averaged over the batch (rows)."""
+    if p.shape != z.shape:
+        raise ValueError(f"negative_cosine needs p and z of the same shape, got {p.shape} and {z.shape}.")
+    z = jax.lax.stop_gradient(z)
+    return -jnp.mean(jnp.sum(_l2_normalize(p) * _l2_normalize(z), axis=-1))
+
+
+def simsiam_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax.Array:
+    """Symmetric SimSiam loss D(p1, z2)/2 + D(p2, z1)/2, in [-1, 1]."""
+    return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
+
+
+def collapse_std(z: jax.Array) -> jax.Array:
+    """Std over the batch of the L2-normalised `z`, averaged over dims.
+
+    SimSiam's collapse monitor: for healthy (spread out) outputs of dimension d
+    it is about 1/sqrt(d); when all outputs collapse to one vector it goes to 0.
+    """
+    return jnp.mean(jnp.std(_l2_normalize(z), axis=0))

@@ -1,0 +1,40 @@
+"""Shared helpers for the model tests: tiny configs and random variables.
+
+Variables come from `jax.eval_shape(model.init)` filled with NumPy random
+values: compiling `model.init` costs ~15 s on this CPU, and initial values hide
+bugs anyway (zero-init residual BN scales, unit running variances).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdr_jax.models import model_config
+
+
+def tiny_config(num_groups=2, stem="small", **overrides):
+    """Tiny ResNet (1 block per stage, 8..64 channels) with small heads."""
+    return model_config("tiny", stem=stem, proj_dim=32, proj_layers=3, pred_dim=8,
+                        sdr=dict(num_groups=num_groups, **overrides.pop("sdr", {})), **overrides)
+
+
+def random_variables(model, images, path, seed=0):
+    """Variables of `model` with random params (fan-in scaled) and BN statistics."""
+    shapes = jax.eval_shape(lambda x, p: model.init(jax.random.key(0), x, p, False), images, path)
+    rng = np.random.default_rng(seed)
+
+    def fill(keypath, leaf):
+        name = jax.tree_util.keystr(keypath)
+        if "kernel" in name:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            value = rng.normal(size=leaf.shape) / np.sqrt(fan_in)
+        elif "scale" in name or "'var'" in name:
+            value = rng.uniform(0.5, 1.5, size=leaf.shape)
+        else:  # biases and running means
+            value = 0.3 * rng.normal(size=leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def images(n=4, size=16, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)), jnp.uint8)
