@@ -42,6 +42,8 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
+    config.train.max_steps_per_run = 0     # > 0: stop (with a checkpoint) after this many steps;
+                                           # the next run resumes (time-sliced jobs)
     config.train.knn_every = 0             # online kNN monitor every N steps (0 = only at the end)
 
     config.eval = ConfigDict()

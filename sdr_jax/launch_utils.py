@@ -5,7 +5,7 @@ import sys
 from typing import Any, Callable, NoReturn
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 from sdr_jax.errors import SDRError
 
@@ -17,7 +17,13 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def init_distributed() -> None:
-    """Initialises jax.distributed when asked to; a single process needs nothing."""
+    """Initialises jax.distributed when asked to; a single process needs nothing.
+
+    Also keeps the libraries' INFO chatter (orbax, TFDS) out of the progress lines unless
+    --verbosity was given.
+    """
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     if _COORDINATOR.value is not None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -21,20 +20,19 @@ from ml_collections import ConfigDict
 
 from sdr_jax import losses, models
 from sdr_jax.data import datasets, pipeline
-from sdr_jax.errors import ConfigError, NonFiniteLossError
+from sdr_jax.errors import ConfigError
 from sdr_jax.eval import features as features_lib
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import mesh as mesh_lib
-from sdr_jax.train import optim, reporting
+from sdr_jax.train import loop, optim, reporting
 from sdr_jax.train.state import TrainState, create_train_state
 
 DATA_AXIS = mesh_lib.DATA_AXIS
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-    loss: clu_metrics.Average.from_output("loss")
-    collapse_std: clu_metrics.Average.from_output("collapse_std")
+TrainMetrics = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output("loss"),
+    collapse_std=clu_metrics.Average.from_output("collapse_std"))
 
 
 def simsiam_forward(model, params, batch_stats, batch, path):
@@ -80,15 +78,6 @@ def num_train_steps(config: ConfigDict, dataset_size: int) -> int:
         raise ConfigError(f"train.num_epochs={config.train.num_epochs} gives no step for "
                           f"{dataset_size} images at batch_size={config.optim.batch_size}.")
     return steps
-
-
-def check_finite(metrics: dict[str, float], step: int, checkpointer) -> None:
-    if not all(map(jnp.isfinite, metrics.values())):
-        last = checkpointer.latest_step()
-        kept = f"the last good checkpoint (step {last}) is kept" if last is not None else \
-            "no checkpoint was written"
-        raise NonFiniteLossError(f"non-finite training metrics before step {step} ({metrics}); "
-                                 f"{kept}; lower optim.base_lr or check the data.")
 
 
 class Trainer:
@@ -167,48 +156,32 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         logging.info("Resumed from step %d.", int(state.step))
     first_step = int(state.step)
     train_step = make_train_step(trainer.train_model, trainer.tx, trainer.mesh, trainer.path)
-    progress = reporting.Progress(first_step, trainer.num_steps)
-    cfg = config.train
     print(f"SimSiam: {trainer.num_steps} steps of {config.optim.batch_size} images on "
           f"{trainer.mesh.devices.size} device(s); workdir {workdir}", flush=True)
 
-    accumulated = None
+    def step_fn(state, step):
+        return train_step(state, mesh_lib.shard_batch(next(data_iter), trainer.mesh))
+
+    def monitor(state, step):
+        return {f"knn/{k}": v for k, v in trainer.knn_eval(state).items()}
+
     try:
-        for step in range(first_step + 1, trainer.num_steps + 1):
-            batch = mesh_lib.shard_batch(next(data_iter), trainer.mesh)
-            state, step_metrics = train_step(state, batch)
-            accumulated = step_metrics if accumulated is None else accumulated.merge(step_metrics)
-            is_last = step == trainer.num_steps
-            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or is_last:
-                values = {k: float(v) for k, v in accumulated.compute().items()}
-                accumulated = None
-                check_finite(values, step, checkpointer)
-                if step % cfg.log_every == 0 or is_last:
-                    values["lr"] = float(trainer.lr_schedule(step - 1))
-                    values.update(progress.update(step))
-                    writer.write_scalars(step, values)
-                    if is_lead:
-                        print(reporting.format_metrics(step, trainer.num_steps, values), flush=True)
-            if step % cfg.checkpoint_every == 0 or is_last or checkpointer.reached_preemption(step):
-                checkpointer.save(step, state, {"iterator": pipeline.get_iterator_state(data_iter).decode()},
-                                  force=True)
-                if checkpointer.reached_preemption(step):
-                    print(f"Preempted: checkpoint saved at step {step}.", flush=True)
-                    return {}
-            if cfg.knn_every and step % cfg.knn_every == 0 and not is_last:
-                accuracies = trainer.knn_eval(state)
-                writer.write_scalars(step, {f"knn/{k}": v for k, v in accuracies.items()})
-                if is_lead:
-                    print(f"step {step} kNN: " + ", ".join(f"{k} {100 * v:.1f}%"
-                                                         for k, v in accuracies.items()), flush=True)
-        accuracies = trainer.knn_eval(state) if config.eval.knn_tasks else {}
-        writer.write_scalars(trainer.num_steps, {f"knn/{k}": v for k, v in accuracies.items()})
+        result = loop.run(
+            state=state, first_step=first_step, num_steps=trainer.num_steps,
+            train_cfg=config.train, step_fn=step_fn, checkpointer=checkpointer, writer=writer,
+            data_state=lambda: {"iterator": pipeline.get_iterator_state(data_iter).decode()},
+            log_extras=lambda step: {"lr": float(trainer.lr_schedule(step - 1))},
+            monitor=monitor)
+        accuracies = {}
+        if result.finished and config.eval.knn_tasks:
+            accuracies = trainer.knn_eval(result.state)
+            writer.write_scalars(trainer.num_steps, {f"knn/{k}": v for k, v in accuracies.items()})
     finally:
         checkpointer.close()
         writer.close()
     if is_lead and accuracies:
         print(format_knn_table(accuracies), flush=True)
-    return {"step": int(state.step), "knn": accuracies}
+    return {"step": int(result.state.step), "finished": result.finished, "knn": accuracies}
 
 
 def format_knn_table(accuracies: dict[str, float]) -> str:
