@@ -1,24 +1,30 @@
-"""SDR on ImageNet: ResNet-50, 4 SDR stages x 4 groups = 256 sub-nets (DESIGN.md §2.3).
+"""SDR on ImageNet: ResNet-50, 4 SDR stages x 4 groups = 256 sub-nets (DESIGN.md §2.3-2.5),
+the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fixed predictor lr),
+8 paths per step (one per device of an 8-accelerator host; more on pods), SiamKD λ=1.
 
-`--config=configs/sdr256.py:tiny` shrinks the model to a CPU smoke-test size
-(same 256-path structure).
+  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster
+  python launch/train.py --config=configs/sdr256.py --workdir=gs://.../sdr256 \\
+      --config.sdr.assignments=gs://.../cluster/assignments.npz
+
+`:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test).
 """
-import ml_collections
-
-from sdr_jax.models import model_config
+from sdr_jax.config_base import make_tiny, sdr_config
 
 
-def get_config(arg=None):
-    tiny = arg == "tiny"
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"configs/sdr256.py takes no argument or 'tiny', got {arg!r}.")
-    config = ml_collections.ConfigDict()
-    config.image_size = 32 if tiny else 224
-    sdr = dict(num_groups=4, shared_fraction=0.5, stages=(0, 1, 2, 3), num_paths=256)
-    if tiny:
-        config.model = model_config("tiny", stem="imagenet", proj_dim=64, pred_dim=16, sdr=sdr)
-    else:
-        config.model = model_config("resnet50", stem="imagenet", proj_dim=2048, proj_layers=3,
-                                    pred_dim=512, sdr=sdr)
-    config.lock()
-    return config
+def get_config(arg: str | None = None):
+    config = sdr_config(dataset="imagenet2012", split="train", image_size=224, arch="resnet50",
+                        width=1.0, stem="imagenet", proj_dim=2048, pred_dim=512, num_groups=4)
+    config.model.sdr.num_paths = 256
+    config.model.dtype = "bfloat16"
+    config.data.num_workers = 16
+    config.train.num_epochs = 100
+    config.train.knn_every = 5000
+    config.sdr.paths_per_step = 8
+    config.sdr.subnet_batch_size = 64
+    if arg == "tiny":
+        make_tiny(config)
+        config.sdr.paths_per_step = 0
+        config.sdr.subnet_batch_size = 8
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
+    return config.lock()

@@ -35,7 +35,7 @@ def describe(config) -> str:
     cfg = config.model
     model = build_model(cfg)
     spec = path_spec(cfg)
-    size = config.image_size
+    size = config.data.image_size
     image_shape = (1, size, size, 3)
     shapes = jax.eval_shape(lambda x, p: model.init(jax.random.key(0), x, p, False),
                             jax.ShapeDtypeStruct(image_shape, jnp.uint8), spec.full_path())

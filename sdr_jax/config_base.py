@@ -55,9 +55,31 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
     return config
 
 
+def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: str,
+               proj_dim: int, pred_dim: int, num_groups: int, stages=(0, 1, 2, 3),
+               shared_fraction: float = 0.5, split: str = "pool") -> ConfigDict:
+    """SimSiam's fields plus the SDRnet's groups and the progressive-training section."""
+    config = simsiam_config(dataset=dataset, image_size=image_size, arch=arch, width=width,
+                            stem=stem, proj_dim=proj_dim, pred_dim=pred_dim, split=split)
+    config.method = "sdr"
+    config.model = models.model_config(
+        arch, width=width, stem=stem, proj_dim=proj_dim, pred_dim=pred_dim, kd_head=True,
+        sdr=dict(num_groups=num_groups, stages=tuple(stages), shared_fraction=shared_fraction))
+    config.sdr = ConfigDict()
+    config.sdr.assignments = ""            # assignments.npz of launch/cluster.py (required)
+    config.sdr.progressive = True          # False: all G^L paths from step 1 (ablation)
+    config.sdr.stage_fractions = ()        # share of the steps of stages 0..L ('' = equal)
+    config.sdr.paths_per_step = 0          # sub-nets trained per step (0 = one per device)
+    config.sdr.subnet_batch_size = 0       # images per sub-net (0 = batch_size / paths_per_step)
+    config.sdr.kd = "siamkd"               # 'siamkd' or 'l2' (the distillation ablation)
+    config.sdr.kd_weight = 1.0             # λ
+    return config
+
+
 def make_tiny(config: ConfigDict) -> ConfigDict:
     """A tiny model and a handful of steps: any experiment runs end to end in seconds on a CPU."""
     config.model = models.model_config("tiny", stem="small", proj_dim=32, pred_dim=16,
+                                       kd_head=config.model.kd_head,
                                        sdr=config.model.sdr.to_dict())
     config.data.image_size = 32
     config.data.aug = default_aug_config(32)

@@ -25,6 +25,18 @@ def simsiam_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> 
     return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
 
 
+def siamkd_loss(kd_prediction: jax.Array, teacher_z: jax.Array) -> jax.Array:
+    """SiamKD: a sub-net predicts the SDRnet's projection of the same image, one way
+    (stop-gradient on the teacher), in SimSiam's negative-cosine form."""
+    return negative_cosine(kd_prediction, teacher_z)
+
+
+def l2_distill_loss(kd_prediction: jax.Array, teacher_z: jax.Array) -> jax.Array:
+    """The L2 distillation baseline: mean squared error to the stop-gradient teacher."""
+    teacher_z = jax.lax.stop_gradient(teacher_z).astype(jnp.float32)
+    return jnp.mean(jnp.sum((kd_prediction.astype(jnp.float32) - teacher_z) ** 2, axis=-1))
+
+
 def collapse_std(z: jax.Array) -> jax.Array:
     """Std over the batch of the L2-normalised `z`, averaged over dims.
 

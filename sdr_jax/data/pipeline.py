@@ -26,7 +26,7 @@ class RandomAccessSource(Protocol):
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
-def _allow_unparsed_absl_flags() -> None:
+def allow_unparsed_absl_flags() -> None:
     """Lets grain run when the program never parsed absl flags (tests, notebooks, libraries).
 
     grain reads its `--grain_*` options through absl; some reads (e.g. the worker
@@ -126,7 +126,7 @@ def pretrain_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
     if batch_size > len(positions):
         raise ValueError(f"batch_size {batch_size} is larger than this process's shard of "
                          f"{len(positions)} records: lower batch_size or use more data.")
-    _allow_unparsed_absl_flags()
+    allow_unparsed_absl_flags()
     process_seed = _process_seed(seed, process_index)
     ds = (grain.MapDataset.source(_Records(source, positions))
           .shuffle(seed=process_seed)
@@ -167,7 +167,7 @@ def eval_batches(source: RandomAccessSource, *, batch_size: int, image_size: int
     positions = _shard_positions(source, None, process_index, process_count)
     largest_shard = -(-len(source) // process_count)
     num_batches = -(-largest_shard // batch_size)
-    _allow_unparsed_absl_flags()
+    allow_unparsed_absl_flags()
     return _padded_batches(source, positions, batch_size, image_size, num_batches)
 
 

@@ -40,6 +40,7 @@ def model_config(arch: str = "resnet18", **overrides: Any) -> ml_collections.Con
         "proj_layers": 3,
         "pred_dim": 512,
         "bn_momentum": 0.9,
+        "kd_head": False,
         "sdr": {
             "num_groups": 4,
             "shared_fraction": 0.5,
@@ -105,7 +106,7 @@ def build_model(model_cfg: Any, *, bn_axis_name: Optional[str] = None, sync_bn: 
         stem_kind=model_cfg.stem, sdr=layout, proj_dim=model_cfg.proj_dim,
         proj_layers=model_cfg.proj_layers, pred_dim=model_cfg.pred_dim,
         dtype=jnp.dtype(model_cfg.dtype), bn_momentum=model_cfg.bn_momentum,
-        bn_axis_name=bn_axis_name, sync_bn=sync_bn)
+        bn_axis_name=bn_axis_name, sync_bn=sync_bn, kd_head=model_cfg.kd_head)
 
 
 __all__ = ["ARCHS", "SimSiam", "build_model", "model_config", "path_spec", "sdr_layout"]

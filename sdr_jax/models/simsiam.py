@@ -39,6 +39,7 @@ class SimSiam(nn.Module):
     bn_axis_name: Optional[str] = None
     sync_bn: bool = True
     identity_select: Optional[tuple[int, ...]] = None  # compact exports, see ResNet
+    kd_head: bool = False  # SDR: a second predictor for SiamKD distillation (output 'kd')
 
     def setup(self):
         bn = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
@@ -47,11 +48,16 @@ class SimSiam(nn.Module):
                                self.stem_kind, self.sdr, **bn, identity_select=self.identity_select)
         self.projector = Projector(self.proj_dim, self.proj_layers, **bn)
         self.predictor = Predictor(self.pred_dim, self.proj_dim, **bn)
+        if self.kd_head:
+            self.kd_predictor = Predictor(self.pred_dim, self.proj_dim, **bn)
 
     def __call__(self, images: jax.Array, path: Optional[jax.Array], train: bool) -> dict[str, jax.Array]:
         feature = self.backbone(self.normalize(images), path, train)
         z = self.projector(feature, train)
-        return {"feature": feature, "z": z, "p": self.predictor(z, train)}
+        out = {"feature": feature, "z": z, "p": self.predictor(z, train)}
+        if self.kd_head:  # a sub-net's prediction of the SDRnet's z (SiamKD, DESIGN §2.5)
+            out["kd"] = self.kd_predictor(z, train)
+        return out
 
     def normalize(self, images: jax.Array) -> jax.Array:
         """uint8 or float images in [0, 255], (N, H, W, 3) -> normalised compute dtype."""

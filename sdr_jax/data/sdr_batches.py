@@ -1,0 +1,145 @@
+"""SDR training batches: per step, a batch of the whole pool (D0) for the SDRnet and, from
+progressive stage 1 on, one batch per sampled path drawn from that path's data subset (the union
+of the leaf clusters under it, DESIGN §2.4).
+
+A step's batch is a pure function of (seed, step): its paths, its D0 images (epoch-wise
+permutations of the pool), its subset images and its augmentations. The pipeline is therefore a
+grain `MapDataset` indexed by step and its whole state is the next step: a resumed run, on any
+number of workers or hosts, sees exactly the batches of an uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from sdr_jax.cluster.assignments import Assignments
+from sdr_jax.data import augment as augment_lib
+from sdr_jax.data import pipeline
+from sdr_jax.errors import ConfigError
+from sdr_jax.progressive import ProgressiveSchedule
+
+
+def record_ids(source) -> np.ndarray:
+    """The example id of every record of `source`, in record order (ArrayRecord order is
+    shuffled, the clustering keys on ids)."""
+    ids = np.empty(len(source), np.int64)
+    for start in range(0, len(source), 1024):
+        chunk = range(start, min(start + 1024, len(source)))
+        records = source.__getitems__(list(chunk)) if hasattr(source, "__getitems__") else \
+            [source[i] for i in chunk]
+        ids[start:start + len(records)] = [r["id"] for r in records]
+    return ids
+
+
+class SDRBatches:
+    """Random access, by step, to this process's share of every SDR training batch.
+
+    Element `step` (1-based) is a dict: `d0_view1`, `d0_view2` uint8 (B0_local, S, S, 3) and,
+    when the step's stage is >= 1, `paths` int32 (P_local, L), `sub_view1`, `sub_view2` uint8
+    (P_local, b, S, S, 3). Paths are sampled for the whole step identically on every process;
+    each process builds the batches of its contiguous slice of them.
+    """
+
+    def __init__(self, source, assignments: Assignments, schedule: ProgressiveSchedule, *,
+                 source_ids: np.ndarray, d0_batch_size: int, paths_per_step: int,
+                 subnet_batch_size: int, seed: int, aug_cfg: ml_collections.ConfigDict,
+                 process_index: int = 0, process_count: int = 1):
+        augment_lib.validate_aug_config(aug_cfg)
+        for name, value in (("d0_batch_size", d0_batch_size), ("paths_per_step", paths_per_step)):
+            if value % process_count:
+                raise ConfigError(f"{name}={value} does not split over {process_count} processes.")
+        self._source = source
+        self._schedule = schedule
+        self._seed = seed
+        self._aug_cfg = aug_cfg
+        self._d0_global = d0_batch_size
+        self._d0_local = d0_batch_size // process_count
+        self._d0_offset = process_index * self._d0_local
+        self._paths_local = paths_per_step // process_count
+        self._paths_offset = process_index * self._paths_local
+        self._paths_per_step = paths_per_step
+        self._subnet_batch_size = subnet_batch_size
+        # Record positions of the examples under every tree node, keyed by (depth, node id).
+        position_of = {int(i): p for p, i in enumerate(source_ids)}
+        missing = [int(i) for i in assignments.ids[:5] if int(i) not in position_of]
+        if missing or len(assignments.ids) != len(source_ids):
+            raise ConfigError(
+                f"the assignments file covers {len(assignments.ids)} examples but the dataset "
+                f"has {len(source_ids)} (ids not in the dataset, e.g. {missing}): it was made "
+                f"for another dataset or split; re-run launch/cluster.py on this one.")
+        positions = np.asarray([position_of[int(i)] for i in assignments.ids], np.int64)
+        spec = schedule.spec
+        self._nodes = {}
+        for depth in range(1, spec.num_blocks + 1):
+            node_ids = assignments.node_ids(depth)
+            for node in range(spec.num_groups ** depth):
+                members = positions[node_ids == node]
+                if members.size == 0:
+                    raise ConfigError(f"tree node {node} at depth {depth} of the assignments is "
+                                      f"empty; re-run clustering (or use fewer groups).")
+                self._nodes[depth, node] = members
+
+    def __len__(self) -> int:  # grain needs a length; steps never run out in practice
+        return 2 ** 62
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        step = int(step)
+        batch = self._d0(step)
+        stage = self._schedule.stage_at(step)
+        if stage == 0:
+            return batch
+        paths = self._schedule.sample_paths(self._seed, step, self._paths_per_step)
+        local = range(self._paths_offset, self._paths_offset + self._paths_local)
+        views = [self._subset_views(step, slot, paths[slot]) for slot in local]
+        batch["paths"] = paths[local.start:local.stop].astype(np.int32)
+        batch["sub_view1"] = np.stack([v[0] for v in views])
+        batch["sub_view2"] = np.stack([v[1] for v in views])
+        return batch
+
+    def _d0(self, step: int) -> dict[str, np.ndarray]:
+        size = len(self._source)
+        start = (step - 1) * self._d0_global + self._d0_offset
+        positions = np.arange(start, start + self._d0_local)
+        epochs, offsets = np.divmod(positions, size)
+        records = np.empty(len(positions), np.int64)
+        for epoch in np.unique(epochs):
+            permutation = np.random.default_rng([self._seed, int(epoch), 0xD0]).permutation(size)
+            records[epochs == epoch] = permutation[offsets[epochs == epoch]]
+        rng = np.random.default_rng([self._seed, step, 0xA0, self._d0_offset])
+        view1, view2 = self._two_views(records, rng)
+        return {"d0_view1": view1, "d0_view2": view2}
+
+    def _subset_views(self, step: int, slot: int, path: np.ndarray):
+        spec = self._schedule.spec
+        free = int(np.sum(path < 0))
+        depth = spec.num_blocks - free
+        fixed = path[free:]
+        node = int(np.sum(fixed * spec.num_groups ** np.arange(depth)))
+        members = self._nodes[depth, node]
+        rng = np.random.default_rng([self._seed, step, 0x5B, slot])
+        records = rng.choice(members, self._subnet_batch_size,
+                             replace=self._subnet_batch_size > len(members))
+        return self._two_views(records, rng)
+
+    def _two_views(self, records: np.ndarray, rng: np.random.Generator):
+        images = [np.asarray(r["image"]) for r in self._source.__getitems__(
+            [int(i) for i in records])] if hasattr(self._source, "__getitems__") else \
+            [np.asarray(self._source[int(i)]["image"]) for i in records]
+        view1 = np.stack([augment_lib.augment(im, rng, self._aug_cfg) for im in images])
+        view2 = np.stack([augment_lib.augment(im, rng, self._aug_cfg) for im in images])
+        return view1, view2
+
+
+def sdr_dataset(batches: SDRBatches, first_step: int, num_steps: int, num_workers: int = 0
+                ) -> grain.IterDataset:
+    """Steps first_step..num_steps of `batches` as a grain iterator (worker processes build
+    whole steps; order and content do not depend on the number of workers)."""
+    pipeline.allow_unparsed_absl_flags()
+    ds = grain.MapDataset.range(first_step, num_steps + 1).map(batches.__getitem__)
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+    if num_workers > 0:
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter_ds

@@ -1,0 +1,179 @@
+"""Data-aware progressive SDR training with SiamKD (DESIGN §2.4-2.5), one SPMD step per stage.
+
+Loss of a step: SimSiam(SDRnet; D0) + mean over sampled paths of
+[SimSiam(sub-net; its subset) + λ · KD(sub-net → SDRnet)], KD being SiamKD (negative cosine of a
+second predictor's output against the stop-gradient SDRnet projection of the same image) or the
+L2 baseline.
+
+Distribution: the D0 batch is split over all devices and its batch norm is synchronised (SyncBN:
+the SDRnet sees one global batch). The sampled paths are split over the devices too — every
+device trains its own path(s) on its own subset batch in the same SPMD step, the path being
+per-device data — with batch statistics per path, so each sub-net's BN sees exactly its own data,
+on one device or on many. Several paths per device run one after another (`lax.scan`), so one
+device computes the same loss and gradients as many.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics as clu_metrics
+from jax.sharding import Mesh, PartitionSpec as P
+from ml_collections import ConfigDict
+
+from sdr_jax import losses, models
+from sdr_jax.cluster import assignments as assignments_lib
+from sdr_jax.data import sdr_batches
+from sdr_jax.errors import ConfigError
+from sdr_jax.progressive import ProgressiveSchedule
+from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.train import trainer as trainer_lib
+from sdr_jax.train.simsiam import simsiam_forward
+from sdr_jax.train.state import TrainState
+
+DATA_AXIS = mesh_lib.DATA_AXIS
+_AVG = clu_metrics.Average.from_output
+SDRMetrics = clu_metrics.Collection.create(
+    loss=_AVG("loss"), loss_sdrnet=_AVG("loss_sdrnet"), loss_subnet=_AVG("loss_subnet"),
+    loss_kd=_AVG("loss_kd"), collapse_std_sdrnet=_AVG("collapse_std_sdrnet"),
+    collapse_std_subnet=_AVG("collapse_std_subnet"),
+    collapse_std_subnet_min=_AVG("collapse_std_subnet_min"))
+KD_LOSSES = {"siamkd": losses.siamkd_loss, "l2": losses.l2_distill_loss}
+
+
+def sdr_loss(sdrnet_model, subnet_model, params, batch_stats, batch: dict, full_path: jax.Array,
+             *, kd: str, kd_weight: float, with_subnets: bool):
+    """This device's share of the SDR loss; returns (loss, (batch_stats, metric values)).
+
+    Must run under `jax.shard_map` over DATA_AXIS (the BN statistics use it).
+    """
+    d0 = {"view1": batch["d0_view1"], "view2": batch["d0_view2"]}
+    loss_sdrnet, batch_stats, z = simsiam_forward(sdrnet_model, params, batch_stats, d0,
+                                                  full_path)
+    values = {"loss_sdrnet": loss_sdrnet, "collapse_std_sdrnet": losses.collapse_std(z)}
+    if not with_subnets:
+        zero = jnp.zeros((), jnp.float32)
+        values.update(loss_subnet=zero, loss_kd=zero, collapse_std_subnet=zero,
+                      collapse_std_subnet_min=zero)
+        return loss_sdrnet, (batch_stats, values)
+    kd_fn = KD_LOSSES[kd]
+    teacher_params = jax.lax.stop_gradient(params)
+
+    def one_path(stats, inputs):
+        path, view1, view2 = inputs
+        outs = []
+        for view in (view1, view2):
+            out, new = subnet_model.apply({"params": params, "batch_stats": stats}, view, path,
+                                          train=True, mutable=["batch_stats"])
+            stats = new["batch_stats"]
+            # The teacher: the SDRnet on the same images (its BN uses this batch; no update).
+            teacher, _ = subnet_model.apply({"params": teacher_params, "batch_stats": stats},
+                                            view, full_path, train=True, mutable=["batch_stats"])
+            outs.append((out, teacher["z"]))
+        (o1, t1), (o2, t2) = outs
+        loss = losses.simsiam_loss(o1["p"], o2["p"], o1["z"], o2["z"])
+        distill = 0.5 * (kd_fn(o1["kd"], t1) + kd_fn(o2["kd"], t2))
+        return stats, (loss, distill, losses.collapse_std(o1["z"]))
+
+    batch_stats, (loss_sub, loss_kd, stds) = jax.lax.scan(
+        one_path, batch_stats, (batch["paths"], batch["sub_view1"], batch["sub_view2"]))
+    values.update(loss_subnet=loss_sub.mean(), loss_kd=loss_kd.mean(),
+                  collapse_std_subnet=stds.mean(),
+                  collapse_std_subnet_min=jax.lax.pmin(jax.lax.stop_gradient(stds).min(),
+                                                         DATA_AXIS))
+    return loss_sdrnet + jnp.mean(loss_sub + kd_weight * loss_kd), (batch_stats, values)
+
+
+def make_sdr_step(sdrnet_model, subnet_model, tx: optax.GradientTransformation, mesh: Mesh,
+                  full_path: jax.Array, *, kd: str, kd_weight: float, with_subnets: bool):
+    """One jitted SPMD step `(state, global batch) -> (state, metrics)`, state donated.
+
+    `sdrnet_model`: built with bn_axis_name=DATA_AXIS (SyncBN); `subnet_model`: the same with
+    sync_bn=False (per-path batch statistics). `with_subnets=False` is progressive stage 0.
+    """
+
+    def step(state: TrainState, batch: dict):
+        def loss_fn(params):
+            loss, aux = sdr_loss(sdrnet_model, subnet_model, params, state.batch_stats, batch,
+                                 full_path, kd=kd, kd_weight=kd_weight, with_subnets=with_subnets)
+            return jax.lax.pmean(loss, DATA_AXIS), aux
+
+        (loss, (batch_stats, values)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+        values = {k: jax.lax.pmean(v, DATA_AXIS) for k, v in values.items()}
+        return state, SDRMetrics.single_from_model_output(loss=loss, **values)
+
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+class SDRTrainer(trainer_lib.Trainer):
+    name = "SDR"
+
+    def __init__(self, config: ConfigDict, workdir: str):
+        super().__init__(config, workdir)
+        cfg = config.sdr
+        self.spec = models.path_spec(config.model)
+        if self.spec.num_groups == 0:
+            raise ConfigError("SDR training needs model.sdr.num_groups >= 1 (individual groups).")
+        if not config.model.kd_head:
+            raise ConfigError("SDR training needs model.kd_head=True (the SiamKD predictor).")
+        if cfg.kd not in KD_LOSSES:
+            raise ConfigError(f"sdr.kd={cfg.kd!r}; choose one of {sorted(KD_LOSSES)}.")
+        num_devices = self.mesh.devices.size
+        self.paths_per_step = cfg.paths_per_step or num_devices
+        if self.paths_per_step % num_devices:
+            raise ConfigError(f"sdr.paths_per_step={self.paths_per_step} does not split over "
+                              f"{num_devices} devices; use a multiple of {num_devices}.")
+        self.schedule = ProgressiveSchedule.make(self.spec, self.num_steps, cfg.stage_fractions,
+                                                 cfg.progressive)
+        if not cfg.assignments:
+            raise ConfigError("sdr.assignments is empty: run launch/cluster.py and pass "
+                              "--config.sdr.assignments=CLUSTER_WORKDIR/assignments.npz.")
+        self.assignments = assignments_lib.load(cfg.assignments, num_groups=self.spec.num_groups,
+                                                num_blocks=self.spec.num_blocks)
+        self.sdrnet_model = models.build_model(config.model, bn_axis_name=DATA_AXIS)
+        self.subnet_model = models.build_model(config.model, bn_axis_name=DATA_AXIS,
+                                               sync_bn=False)
+
+    def make_data(self, first_step: int, data_state: dict | None):
+        cfg = self.config
+        batches = sdr_batches.SDRBatches(
+            self.source, self.assignments, self.schedule,
+            source_ids=sdr_batches.record_ids(self.source),
+            d0_batch_size=cfg.optim.batch_size, paths_per_step=self.paths_per_step,
+            subnet_batch_size=cfg.sdr.subnet_batch_size or cfg.optim.batch_size // self.paths_per_step,
+            seed=cfg.seed, aug_cfg=cfg.data.aug, process_index=jax.process_index(),
+            process_count=jax.process_count())
+        return iter(sdr_batches.sdr_dataset(batches, first_step + 1, self.num_steps,
+                                            cfg.data.num_workers))
+
+    def data_state(self, data_iter) -> dict:
+        return {}  # a step's batch is a function of (seed, step): the step is the whole state
+
+    def make_step_fn(self, data_iter):
+        cfg = self.config.sdr
+        steps = {with_subnets: make_sdr_step(
+            self.sdrnet_model, self.subnet_model, self.tx, self.mesh, self.full_path, kd=cfg.kd,
+            kd_weight=cfg.kd_weight, with_subnets=with_subnets) for with_subnets in (False, True)}
+        self.step_functions = steps  # by stage 0 / later stages (tests count compiles)
+
+        def step_fn(state, step):
+            batch = mesh_lib.shard_batch(next(data_iter), self.mesh)
+            return steps["paths" in batch](state, batch)
+        return step_fn
+
+    def log_extras(self, step: int) -> dict[str, float]:
+        stage = self.schedule.stage_at(step)
+        return {**super().log_extras(step), "stage": stage,
+                "path_space": self.schedule.space_size(stage)}
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
+    """Progressive SDR training (resuming from the workdir); returns the SDRnet's final kNN."""
+    return trainer_lib.fit(SDRTrainer, config, workdir)
