@@ -1,6 +1,7 @@
 """What every launch script does the same way: multi-host set-up and one-line errors."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -24,6 +25,12 @@ def init_distributed() -> None:
     """
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    # Reuse compiled programs across runs (restarts, route after train); JAX_COMPILATION_CACHE_DIR
+    # overrides the place, an empty value turns it off.
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                               os.path.join(os.path.expanduser("~"), ".cache", "sdr_jax", "xla"))
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
     if _COORDINATOR.value is not None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value:

@@ -62,67 +62,70 @@ class SDRBatches:
         self._paths_offset = process_index * self._paths_local
         self._paths_per_step = paths_per_step
         self._subnet_batch_size = subnet_batch_size
-        # Record positions of the examples under every tree node, keyed by (depth, node id).
+        # Record positions of the examples of every trainable partial path (the union of the
+        # leaf clusters under it), for every progressive stage.
         position_of = {int(i): p for p, i in enumerate(source_ids)}
-        missing = [int(i) for i in assignments.ids[:5] if int(i) not in position_of]
-        if missing or len(assignments.ids) != len(source_ids):
+        unknown = [int(i) for i in assignments.ids if int(i) not in position_of][:3]
+        if unknown or len(assignments.ids) != len(source_ids):
             raise ConfigError(
                 f"the assignments file covers {len(assignments.ids)} examples but the dataset "
-                f"has {len(source_ids)} (ids not in the dataset, e.g. {missing}): it was made "
+                f"has {len(source_ids)} (ids not in the dataset, e.g. {unknown}): it was made "
                 f"for another dataset or split; re-run launch/cluster.py on this one.")
         positions = np.asarray([position_of[int(i)] for i in assignments.ids], np.int64)
-        spec = schedule.spec
-        self._nodes = {}
-        for depth in range(1, spec.num_blocks + 1):
-            node_ids = assignments.node_ids(depth)
-            for node in range(spec.num_groups ** depth):
-                members = positions[node_ids == node]
+        self._members = {}
+        for stage in range(1, schedule.spec.num_blocks + 1):
+            for path in schedule.spec.stage_paths(stage):
+                members = positions[assignments.indices_for(path)]
                 if members.size == 0:
-                    raise ConfigError(f"tree node {node} at depth {depth} of the assignments is "
-                                      f"empty; re-run clustering (or use fewer groups).")
-                self._nodes[depth, node] = members
+                    raise ConfigError(f"no example of the assignments falls under path "
+                                      f"{path.tolist()}; re-run clustering (or use fewer groups).")
+                self._members[tuple(path)] = members
 
     def __len__(self) -> int:  # grain needs a length; steps never run out in practice
         return 2 ** 62
 
     def __getitem__(self, step: int) -> dict[str, Any]:
         step = int(step)
-        batch = self._d0(step)
-        stage = self._schedule.stage_at(step)
-        if stage == 0:
+        plan = self.plan(step)
+        rng = np.random.default_rng([self._seed, step, 0xA0, self._d0_offset])
+        view1, view2 = self._two_views(plan["d0_records"], rng)
+        batch = {"d0_view1": view1, "d0_view2": view2}
+        if "paths" not in plan:
             return batch
-        paths = self._schedule.sample_paths(self._seed, step, self._paths_per_step)
-        local = range(self._paths_offset, self._paths_offset + self._paths_local)
-        views = [self._subset_views(step, slot, paths[slot]) for slot in local]
-        batch["paths"] = paths[local.start:local.stop].astype(np.int32)
+        views = []
+        for slot, records in zip(plan["slots"], plan["sub_records"]):
+            views.append(self._two_views(records, np.random.default_rng(
+                [self._seed, step, 0x5B, slot])))
+        batch["paths"] = plan["paths"]
         batch["sub_view1"] = np.stack([v[0] for v in views])
         batch["sub_view2"] = np.stack([v[1] for v in views])
         return batch
 
-    def _d0(self, step: int) -> dict[str, np.ndarray]:
+    def plan(self, step: int) -> dict[str, np.ndarray]:
+        """Which records this process reads at `step`: `d0_records` (B0_local,) and, from stage 1
+        on, its `paths` (P_local, L), their global `slots` and `sub_records` (P_local, b)."""
         size = len(self._source)
         start = (step - 1) * self._d0_global + self._d0_offset
-        positions = np.arange(start, start + self._d0_local)
-        epochs, offsets = np.divmod(positions, size)
-        records = np.empty(len(positions), np.int64)
+        epochs, offsets = np.divmod(np.arange(start, start + self._d0_local), size)
+        d0_records = np.empty(self._d0_local, np.int64)
         for epoch in np.unique(epochs):
             permutation = np.random.default_rng([self._seed, int(epoch), 0xD0]).permutation(size)
-            records[epochs == epoch] = permutation[offsets[epochs == epoch]]
-        rng = np.random.default_rng([self._seed, step, 0xA0, self._d0_offset])
-        view1, view2 = self._two_views(records, rng)
-        return {"d0_view1": view1, "d0_view2": view2}
+            d0_records[epochs == epoch] = permutation[offsets[epochs == epoch]]
+        plan = {"d0_records": d0_records}
+        if self._schedule.stage_at(step) == 0:
+            return plan
+        paths = self._schedule.sample_paths(self._seed, step, self._paths_per_step)
+        slots = np.arange(self._paths_offset, self._paths_offset + self._paths_local)
+        plan["paths"] = paths[slots].astype(np.int32)
+        plan["slots"] = slots
+        plan["sub_records"] = np.stack([self._subset_records(step, s, paths[s]) for s in slots])
+        return plan
 
-    def _subset_views(self, step: int, slot: int, path: np.ndarray):
-        spec = self._schedule.spec
-        free = int(np.sum(path < 0))
-        depth = spec.num_blocks - free
-        fixed = path[free:]
-        node = int(np.sum(fixed * spec.num_groups ** np.arange(depth)))
-        members = self._nodes[depth, node]
-        rng = np.random.default_rng([self._seed, step, 0x5B, slot])
-        records = rng.choice(members, self._subnet_batch_size,
-                             replace=self._subnet_batch_size > len(members))
-        return self._two_views(records, rng)
+    def _subset_records(self, step: int, slot: int, path: np.ndarray) -> np.ndarray:
+        members = self._members[tuple(path)]
+        rng = np.random.default_rng([self._seed, step, 0x5C, slot])
+        return rng.choice(members, self._subnet_batch_size,
+                          replace=self._subnet_batch_size > len(members))
 
     def _two_views(self, records: np.ndarray, rng: np.random.Generator):
         images = [np.asarray(r["image"]) for r in self._source.__getitems__(
