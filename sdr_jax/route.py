@@ -296,6 +296,7 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
     """Ranks every path of the SDRnet in `workdir` by kNN accuracy on `task_name`; writes the
     table, ranking.json, the histogram and the best sub-net to `<out or workdir>/route/<task>/`."""
     check_bn_mode(config.bn)
+    tasks.get_task(task_name)  # an unknown task fails before anything is loaded
     run_config, variables, step = checkpoint.load_run(workdir)
     model_cfg = run_config.model
     if model_cfg.sdr.num_groups == 0:
