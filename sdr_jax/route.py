@@ -62,7 +62,9 @@ class PathTree:
         self.model = model
         self.spec = model.sdr.path_spec
         self.mesh = mesh
-        self.params = variables["params"]
+        # Replicated over the mesh: the batch is split over it (restored params sit on one device).
+        self.params = variables["params"] if mesh is None else jax.device_put(
+            variables["params"], mesh_lib.replicated(mesh))
         self._running = variables["batch_stats"]["backbone"]
         self.num_stages = len(model.stage_sizes)
         # node_paths[level]: (nodes, L) prefix of every node, ALL for blocks not yet reached.
