@@ -31,11 +31,10 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdr_jax import paths
 from sdr_jax.data import pipeline, tasks
 from sdr_jax.errors import CheckpointError, ConfigError
 from sdr_jax.eval.knn import knn_accuracy
-from sdr_jax.models import build_model, export, path_spec, resnet, sdr_layout
+from sdr_jax.models import build_model, export, path_spec, resnet
 from sdr_jax.models.simsiam import SimSiam
 from sdr_jax.train import checkpoint, mesh as mesh_lib
 
