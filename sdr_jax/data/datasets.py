@@ -187,7 +187,8 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     else:
         builder = _tfds_builder(dataset, config, data_dir)
     split_names = list(builder.info.splits.keys())
-    if split.partition('[')[0] not in split_names:
+    # 'train+validation' and 'train[:10%]' name splits through their base names.
+    if any(part.partition('[')[0] not in split_names for part in split.split('+')):
         raise DataError(f'{name} has no split {split!r}; its splits are {split_names}.')
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise DataError(

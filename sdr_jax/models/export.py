@@ -29,27 +29,34 @@ def recalibrate_bn(model: SimSiam, variables: Variables, path: Any, batches: Ite
         _, state = probe.apply(variables, images, path, True, mutable=["batch_stats"])
         return state["batch_stats"]
 
-    old = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["batch_stats"])
     per_batch, sizes = [], []
     for images in batches:
-        per_batch.append(jax.tree.map(lambda a: np.asarray(a, np.float64),
-                                      batch_stats(variables, images, path)))
+        per_batch.append(batch_stats(variables, images, path))
         sizes.append(images.shape[0])
     if not per_batch:
         raise ValueError("recalibrate_bn needs at least one batch of images.")
+    return {**variables, "batch_stats": pool_batch_stats(variables["batch_stats"], per_batch, sizes)}
+
+
+def pool_batch_stats(old: Any, per_batch: list[Any], sizes: list[int]) -> Any:
+    """The exact running statistics over batches of `sizes`, from their per-batch statistics.
+
+    Every leaf may carry leading axes (routing pools the statistics of many tree nodes at
+    once). Written as offsets from the `old` statistics so channels a path does not use
+    (whose per-batch values equal the old ones) come back bit-exact.
+    """
     weights = np.asarray(sizes, np.float64) / sum(sizes)
+    old = jax.tree.map(lambda a: np.asarray(a, np.float64), old)
+    per_batch = [jax.tree.map(lambda a: np.asarray(a, np.float64), b) for b in per_batch]
 
     def pool(old_bn: dict, *bns: dict) -> dict:
-        # Written as offsets from the old statistics so unused channels (whose
-        # per-batch values equal the old ones) come back bit-exact.
         mean = old_bn["mean"] + sum(w * (b["mean"] - old_bn["mean"]) for w, b in zip(weights, bns))
         var = old_bn["var"] + sum(w * (b["var"] - old_bn["var"] + (b["mean"] - mean) ** 2)
                                   for w, b in zip(weights, bns))
         return {"mean": np.float32(mean), "var": np.float32(var)}
 
-    is_bn = lambda node: isinstance(node, dict) and set(node) == {"mean", "var"}
-    pooled = jax.tree.map(pool, old, *per_batch, is_leaf=is_bn)
-    return {**variables, "batch_stats": jax.tree.map(np.asarray, pooled)}
+    is_bn = lambda node: isinstance(node, dict) and set(node) == {"mean", "var"}  # noqa: E731
+    return jax.tree.map(pool, old, *per_batch, is_leaf=is_bn)
 
 
 def export_subnet(model_cfg: Any, variables: Variables, path: Any) -> tuple[SimSiam, Variables]:

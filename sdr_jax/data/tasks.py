@@ -1,0 +1,71 @@
+"""The downstream-task registry: the embedded pool's tasks and the paper's classification tasks.
+
+`REGISTRY` maps a task name to a `Task` (dataset, train/test splits, number of classes).
+The pool's tasks (`datasets.TASKS`) live in our `mosaic` builder; the paper's 11 tasks
+(DESIGN.md §3) are TFDS datasets that must be prepared (ArrayRecord) in the data_dir first:
+nothing is ever downloaded here. TFDS has no FGVC-Aircraft builder, so `aircraft` is not
+registered (prepare it as a custom TFDS dataset and add it here).
+
+Splits follow the usual transfer protocol: train+validation as the kNN memory / probe
+training set where the dataset has a validation split, the test split as queries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+
+from sdr_jax.data import datasets
+from sdr_jax.data.datasets import Task, UnknownTaskError
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamTask(Task):
+    """A TFDS task; `multi_label` tasks (VOC) have a `labels` set, not one `label`."""
+    multi_label: bool = False
+
+
+PAPER_TASKS: dict[str, DownstreamTask] = {t.name: t for t in (
+    DownstreamTask('cars', 'cars196', 'train', 'test', 196),
+    DownstreamTask('flowers', 'oxford_flowers102', 'train+validation', 'test', 102),
+    DownstreamTask('pets', 'oxford_iiit_pet', 'train', 'test', 37),
+    DownstreamTask('food', 'food101', 'train', 'validation', 101),
+    DownstreamTask('dtd', 'dtd', 'train+validation', 'test', 47),
+    DownstreamTask('sun397', 'sun397/tfds', 'train+validation', 'test', 397),
+    DownstreamTask('caltech101', 'caltech101', 'train', 'test', 102),  # TFDS adds a background class
+    DownstreamTask('cifar10', 'cifar10', 'train', 'test', 10),
+    DownstreamTask('cifar100', 'cifar100', 'train', 'test', 100),
+    DownstreamTask('voc2007', 'voc/2007', 'train+validation', 'test', 20, multi_label=True),
+)}
+
+REGISTRY: dict[str, Task] = {**datasets.TASKS, **PAPER_TASKS}
+
+
+def get_task(name: str) -> Task:
+    """The registered task `name`; UnknownTaskError listing the known ones otherwise."""
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=2)
+        hint = f' Did you mean {" or ".join(close)}?' if close else ''
+        raise UnknownTaskError(f'unknown task {name!r}.{hint} Known tasks: '
+                               f'{", ".join(sorted(REGISTRY))}.')
+    return REGISTRY[name]
+
+
+def open_task(name: str, data_dir: str | os.PathLike | None = None, *,
+              pool_dataset: str | None = None, build_if_missing: bool = False
+              ) -> tuple[datasets.ExampleSource, datasets.ExampleSource, Task]:
+    """(train source, test source, task).
+
+    `pool_dataset` is the dataset a run pre-trained on: a task of the same family is read from
+    that variant (a run on `mosaic/small` is evaluated on the `mosaic/small` task splits).
+    An unprepared TFDS dataset raises DatasetNotPreparedError saying how to prepare it.
+    """
+    task = get_task(name)
+    dataset = task.dataset
+    if pool_dataset and datasets.parse_name(pool_dataset)[0] == datasets.parse_name(dataset)[0]:
+        dataset = pool_dataset
+    return (datasets.open_source(dataset, task.train_split, data_dir,
+                                 build_if_missing=build_if_missing),
+            datasets.open_source(dataset, task.test_split, data_dir,
+                                 build_if_missing=build_if_missing),
+            task)

@@ -1,0 +1,430 @@
+"""Routing (DESIGN.md §2.6): score every sub-net of an SDRnet on a task by kNN, deploy the best.
+
+The features of all G**L paths are computed as a tree over shared prefixes: the stem runs
+once, SDR block 1 once per group, block 2 once per pair, ... Each tree level is one jitted
+function (vmapped over the level's nodes, the group entries as data), compiled once.
+
+BN statistics (`config.bn`, the same choice for routing, export and evaluation):
+  * 'recalibrate' (default): every path gets the exact BN statistics of the task's train
+    images (`export.recalibrate_bn`). Stage s's statistics depend only on the prefix up to s,
+    so the recalibration is a tree too: one train-mode pass per level and batch.
+  * 'running': the SDRnet's shared running statistics (a blend over the paths it trained).
+
+Outputs in `<out or workdir>/route/<task>/`: `ranking.txt`, `ranking.json`,
+`accuracy_hist.png` and the best sub-net exported compactly in `best_subnet/`:
+
+    model, variables = sdr_jax.route.load_exported(".../route/<task>/best_subnet")
+    feature = model.apply(variables, images_uint8_nhwc, None, False)["feature"]
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Iterable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from sdr_jax.data import pipeline, tasks
+from sdr_jax.errors import CheckpointError, ConfigError
+from sdr_jax.eval.knn import knn_accuracy
+from sdr_jax.models import build_model, export, path_spec, resnet
+from sdr_jax.models.simsiam import SimSiam
+from sdr_jax.train import checkpoint, mesh as mesh_lib
+
+BN_MODES = ("recalibrate", "running")
+EXPORT_DIR = "best_subnet"
+_MODEL_FILE, _VARIABLES_FILE = "model.json", "variables.npz"
+_BLOCKS = {"BasicBlock": resnet.BasicBlock, "Bottleneck": resnet.Bottleneck}
+
+
+# -- the tree over shared prefixes -------------------------------------------------------------
+
+class PathTree:
+    """Backbone features of every full path of a masked SDRnet, computed over shared prefixes.
+
+    Level 0 is the stem (one node); network stage s is level s+1. An SDR stage multiplies the
+    nodes by G (child i*G+g takes group g); a plain stage keeps them. Every node of a level
+    has its own BN statistics (the shared running ones until `recalibrate`).
+    """
+
+    def __init__(self, model: SimSiam, variables: dict, mesh: Optional[jax.sharding.Mesh] = None):
+        if model.sdr is None:
+            raise ConfigError("routing needs an SDRnet (model.sdr.num_groups > 0); this model "
+                              "has a single path: evaluate it with launch/evaluate.py.")
+        self.model = model
+        self.spec = model.sdr.path_spec
+        self.mesh = mesh
+        # Replicated over the mesh: the batch is split over it (restored params sit on one device).
+        self.params = variables["params"] if mesh is None else jax.device_put(
+            variables["params"], mesh_lib.replicated(mesh))
+        self._running = variables["batch_stats"]["backbone"]
+        self.num_stages = len(model.stage_sizes)
+        # node_paths[level]: (nodes, L) prefix of every node, ALL for blocks not yet reached.
+        self.node_paths = [self.spec.full_path()[None]]
+        self._entries = []  # per stage: the (nodes,) group entry of every node, or None
+        for s in range(self.num_stages):
+            block = model.sdr.block_of(s)
+            parents = self.node_paths[-1]
+            if block is None:
+                self.node_paths.append(parents)
+                self._entries.append(None)
+                continue
+            children = np.repeat(parents, self.spec.num_groups, axis=0)
+            children[:, block] = np.tile(np.arange(self.spec.num_groups, dtype=np.int32),
+                                         len(parents))
+            self.node_paths.append(children)
+            self._entries.append(jnp.asarray(children[:, block]))
+        leaves = self.node_paths[-1]
+        # Leaves come out with block 0 most significant; paths are indexed block 0 least.
+        self._leaf_order = np.argsort(self.spec.path_to_index(leaves))
+        self.stats = [self._tile(self._running["stem_bn"], 1)] + [
+            self._tile(self._running[f"stages_{s}"], len(self.node_paths[s + 1]))
+            for s in range(self.num_stages)]
+        self._eval_fns = [jax.jit(self._level_fn(level, train=False))
+                          for level in range(self.num_stages + 1)]
+        self._train_fns = [jax.jit(self._level_fn(level, train=True))
+                           for level in range(self.num_stages + 1)]
+        self._pool = jax.jit(jax.vmap(resnet.ResNet.pool))
+
+    @staticmethod
+    def _tile(tree: Any, nodes: int) -> Any:
+        return jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (nodes, *np.shape(a))), tree)
+
+    def _level_fn(self, level: int, train: bool):
+        """(params, node stats, parent activations, entries) -> (activations, batch stats)."""
+        model = self.model.clone(bn_momentum=0.0, bn_axis_name=None) if train else self.model
+        name = "stem_bn" if level == 0 else f"stages_{level - 1}"
+
+        def apply(params, stats, x, p):
+            variables = {"params": params, "batch_stats": {"backbone": {name: stats}}}
+            if level == 0:
+                args, method = (x, train), SimSiam.stem
+            else:
+                args, method = (x, level - 1, p, train), SimSiam.stage
+            if not train:
+                return model.apply(variables, *args, method=method), stats
+            y, state = model.apply(variables, *args, method=method, mutable=["batch_stats"])
+            return y, state["batch_stats"]["backbone"][name]
+
+        if level == 0:
+            return lambda params, stats, images, entries: jax.vmap(
+                apply, in_axes=(None, 0, None, None))(params, stats, images, None)
+        entries_axis = None if self._entries[level - 1] is None else 0
+        groups = 1 if entries_axis is None else self.spec.num_groups
+
+        def fn(params, stats, x, entries):
+            x = jnp.repeat(x, groups, axis=0) if groups > 1 else x
+            return jax.vmap(apply, in_axes=(None, 0, 0, entries_axis))(params, stats, x, entries)
+        return fn
+
+    def _put(self, images: np.ndarray) -> jax.Array:
+        if self.mesh is None or images.shape[0] % self.mesh.devices.size:
+            return jnp.asarray(images)
+        return jax.device_put(images, mesh_lib.batch_sharded(self.mesh))
+
+    def _run(self, images: np.ndarray, train: bool) -> tuple[jax.Array, list[Any]]:
+        fns = self._train_fns if train else self._eval_fns
+        x, level_stats = self._put(images), []
+        for level, fn in enumerate(fns):
+            entries = None if level == 0 else self._entries[level - 1]
+            # Train mode normalises with each batch's statistics; its node stats give shapes only.
+            x, stats = fn(self.params, self.stats[level], x, entries)
+            level_stats.append(stats)
+        return x, level_stats
+
+    def recalibrate(self, image_batches: Iterable[np.ndarray], progress: bool = False) -> None:
+        """Per-node BN statistics: the exact pooled statistics of `image_batches` (equal sizes).
+
+        Matches `export.recalibrate_bn(model, variables, path, image_batches)` on every path.
+        """
+        per_batch, sizes = [], []
+        for images in tqdm(image_batches, desc="recalibrate BN", disable=not progress,
+                           file=sys.stderr):
+            _, level_stats = self._run(np.asarray(images), train=True)
+            per_batch.append(jax.device_get(level_stats))
+            sizes.append(len(images))
+        if not per_batch:
+            raise ConfigError("BN recalibration needs at least one full batch of train images; "
+                              "lower the batch size or use bn='running'.")
+        old = [self._tile(self._running["stem_bn"], 1)] + [
+            self._tile(self._running[f"stages_{s}"], len(self.node_paths[s + 1]))
+            for s in range(self.num_stages)]
+        self.stats = export.pool_batch_stats(old, per_batch, sizes)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """(num_paths, batch, C) pooled backbone features, row i = path index i (eval mode)."""
+        x, _ = self._run(np.asarray(images), train=False)
+        return np.asarray(self._pool(x))[self._leaf_order]
+
+
+def naive_features(model: SimSiam, variables: dict, images: np.ndarray,
+                   all_paths: np.ndarray) -> np.ndarray:
+    """The reference: one full forward per path (one jitted function, the path as data)."""
+    fn = _forward_fn(model)
+    return np.stack([np.asarray(fn(variables, images, jnp.asarray(p))) for p in all_paths])
+
+
+def _forward_fn(model: SimSiam):
+    return jax.jit(lambda variables, images, path: model.apply(variables, images, path, False)
+                   ["feature"])
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def _limited_batches(source, *, batch_size: int, image_size: int, limit: int
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """eval_batches over `source`, stopping after `limit` examples (0 = all)."""
+    seen = 0
+    for batch in pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
+        if limit:
+            keep = np.cumsum(batch["mask"]) + seen <= limit
+            batch["mask"] &= keep
+        seen += int(batch["mask"].sum())
+        if batch["mask"].any():
+            yield batch
+        if limit and seen >= limit:
+            return
+
+
+def _num_batches(source, batch_size: int, limit: int) -> int:
+    n = min(len(source), limit) if limit else len(source)
+    return -(-n // batch_size)
+
+
+def recal_batches(source, *, batch_size: int, image_size: int, num_images: int) -> list[np.ndarray]:
+    """The first full batches of `source` (up to `num_images` images) for BN recalibration."""
+    out = []
+    for batch in pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
+        if not batch["mask"].all() or (len(out) + 1) * batch_size > max(num_images, batch_size):
+            break
+        out.append(batch["image"])
+    return out
+
+
+def _tree_features(tree: PathTree, batches: Iterable[dict], total: int, desc: str):
+    feats, labels = [], []
+    for batch in tqdm(batches, total=total, desc=desc, file=sys.stderr, leave=False):
+        mask = batch["mask"]
+        feats.append(tree.features(batch["image"])[:, mask])
+        labels.append(batch["label"][mask])
+    return np.concatenate(feats, axis=1), np.concatenate(labels)
+
+
+def path_accuracies(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+                    test_labels: np.ndarray, *, num_classes: int, k: int,
+                    temperature: float) -> np.ndarray:
+    """kNN accuracy of every path: features (P, n, C), memory = train, queries = test."""
+    return np.array([knn_accuracy(train_feats[i], train_labels, test_feats[i], test_labels,
+                                  k=k, temperature=temperature, num_classes=num_classes)
+                     for i in range(len(train_feats))])
+
+
+# -- export: compact checkpoint ------------------------------------------------------------------
+
+def save_exported(directory: str, model: SimSiam, variables: dict, meta: dict) -> None:
+    """Writes a compact (plain, sdr=None) SimSiam as model.json + variables.npz."""
+    if model.sdr is not None:
+        raise ValueError("save_exported takes a compact sub-net (export_subnet), not the SDRnet.")
+    fields = {
+        "stage_sizes": list(model.stage_sizes), "block_cls": model.block_cls.__name__,
+        "width": model.width, "stage_widths": list(model.stage_widths or ()) or None,
+        "stem_kind": model.stem_kind, "proj_dim": model.proj_dim,
+        "proj_layers": model.proj_layers, "pred_dim": model.pred_dim,
+        "dtype": jnp.dtype(model.dtype).name, "bn_momentum": model.bn_momentum,
+        "identity_select": None if model.identity_select is None else list(model.identity_select),
+    }
+    flat = {"/".join(str(getattr(k, "key", k)) for k in keypath): np.asarray(leaf)
+            for keypath, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    os.makedirs(directory, exist_ok=True)
+    np.savez(os.path.join(directory, _VARIABLES_FILE), **flat)
+    with open(os.path.join(directory, _MODEL_FILE), "w") as f:
+        json.dump({"model": fields, "meta": meta}, f, indent=2, sort_keys=True)
+
+
+def load_exported(directory: str) -> tuple[SimSiam, dict]:
+    """(model, variables) of a sub-net written by `save_exported` (e.g. route's best_subnet/)."""
+    model_path = os.path.join(directory, _MODEL_FILE)
+    if not os.path.exists(model_path):
+        raise CheckpointError(f"{directory} is not an exported sub-net (no "
+                                         f"{_MODEL_FILE}); run launch/route.py first.")
+    with open(model_path) as f:
+        fields = dict(json.load(f)["model"])
+    block = fields.pop("block_cls")
+    fields["block_cls"] = _BLOCKS[block]
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    for key in ("stage_sizes", "stage_widths", "identity_select"):
+        if fields[key] is not None:
+            fields[key] = tuple(fields[key])
+    variables: dict = {}
+    with np.load(os.path.join(directory, _VARIABLES_FILE)) as npz:
+        for key in npz.files:
+            node = variables
+            *parents, leaf = key.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = npz[key]
+    return SimSiam(**fields), variables
+
+
+def exported_meta(directory: str) -> dict:
+    with open(os.path.join(directory, _MODEL_FILE)) as f:
+        return json.load(f)["meta"]
+
+
+def backbone_cost(model: SimSiam, variables: dict, image_size: int, path: Any) -> tuple[int, float]:
+    """(backbone parameters, forward FLOPs per image) of `model` on `path` (XLA cost analysis)."""
+    params = int(sum(np.size(a) for a in jax.tree.leaves(variables["params"]["backbone"])))
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
+    lowered = jax.jit(lambda v, x: model.apply(v, x, path, False)["feature"]).lower(variables, image)
+    return params, float(lowered.cost_analysis()["flops"])
+
+
+# -- the routing job -----------------------------------------------------------------------------
+
+def check_bn_mode(mode: str) -> None:
+    if mode not in BN_MODES:
+        raise ConfigError(f"bn must be one of {BN_MODES}, got {mode!r}.")
+
+
+def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] = None) -> dict:
+    """Ranks every path of the SDRnet in `workdir` by kNN accuracy on `task_name`; writes the
+    table, ranking.json, the histogram and the best sub-net to `<out or workdir>/route/<task>/`."""
+    check_bn_mode(config.bn)
+    tasks.get_task(task_name)  # an unknown task fails before anything is loaded
+    run_config, variables, step = checkpoint.load_run(workdir)
+    model_cfg = run_config.model
+    if model_cfg.sdr.num_groups == 0:
+        raise ConfigError(f"{workdir} holds a plain SimSiam run (model.sdr.num_groups=0): it has "
+                          "one path, nothing to route; use launch/evaluate.py.")
+    task = tasks.get_task(task_name)
+    if getattr(task, "multi_label", False):
+        raise ConfigError(f"task {task_name} is multi-label; kNN routing needs one label per "
+                          "image.")
+    data_dir = config.data_dir or run_config.data.data_dir or None
+    train_src, test_src, task = tasks.open_task(task_name, data_dir,
+                                                pool_dataset=run_config.data.dataset)
+    image_size = config.image_size or run_config.data.image_size
+    model = build_model(model_cfg)
+    spec = path_spec(model_cfg)
+    tree = PathTree(model, variables, mesh_lib.make_data_mesh())
+
+    bs = config.batch_size
+    recal = recal_batches(train_src, batch_size=bs, image_size=image_size,
+                          num_images=config.bn_recal_images) if config.bn == "recalibrate" else []
+    if config.bn == "recalibrate":
+        tree.recalibrate(recal, progress=True)
+    train_feats, train_labels = _tree_features(
+        tree, _limited_batches(train_src, batch_size=bs, image_size=image_size,
+                               limit=config.max_train),
+        _num_batches(train_src, bs, config.max_train), f"{spec.num_paths} paths: train")
+    test_feats, test_labels = _tree_features(
+        tree, _limited_batches(test_src, batch_size=bs, image_size=image_size,
+                               limit=config.max_test),
+        _num_batches(test_src, bs, config.max_test), f"{spec.num_paths} paths: test")
+    knn = dict(num_classes=task.num_classes, k=config.knn_k, temperature=config.knn_temperature)
+    accuracies = path_accuracies(train_feats, train_labels, test_feats, test_labels, **knn)
+
+    def deployed(path):  # the variables a deployed network on `path` uses
+        return export.recalibrate_bn(model, variables, path, recal) if recal else variables
+
+    full = spec.full_path()
+    full_vars = deployed(full)
+    sdrnet_fn = _forward_fn(model)
+    sdrnet_feats = [np.concatenate([np.asarray(sdrnet_fn(full_vars, b["image"], full))[b["mask"]]
+                                    for b in _limited_batches(src, batch_size=bs,
+                                                              image_size=image_size, limit=limit)])
+                    for src, limit in ((train_src, config.max_train), (test_src, config.max_test))]
+    sdrnet_acc = knn_accuracy(sdrnet_feats[0], train_labels, sdrnet_feats[1], test_labels, **knn)
+
+    order = np.argsort(-accuracies, kind="stable")  # ties: the lower index first
+    best = spec.index_to_path(order[0])
+    compact, compact_vars = export.export_subnet(model_cfg, deployed(best), best)
+    sub_params, sub_flops = backbone_cost(compact, compact_vars, image_size, None)
+    net_params, net_flops = backbone_cost(model, variables, image_size, jnp.asarray(full))
+    all_paths = spec.all_paths()
+    ranking = {
+        "task": task_name, "workdir": os.path.abspath(workdir), "step": int(step),
+        "bn": config.bn, "knn_k": config.knn_k, "knn_temperature": config.knn_temperature,
+        "num_train": int(len(train_labels)), "num_test": int(len(test_labels)),
+        "num_paths": spec.num_paths, "sdrnet": {"accuracy": sdrnet_acc, "params": net_params,
+                                                "flops": net_flops},
+        # Every full path has the same widths, so one sub-net's cost stands for all of them.
+        "subnet_params": sub_params, "subnet_flops": sub_flops,
+        "best": {"index": int(order[0]), "path": best.tolist(),
+                 "accuracy": float(accuracies[order[0]])},
+        "paths": [{"rank": r + 1, "index": int(i), "path": all_paths[i].tolist(),
+                   "accuracy": float(accuracies[i])} for r, i in enumerate(order)],
+    }
+    meta = {"task": task_name, "path": best.tolist(), "index": int(order[0]),
+            "source_workdir": os.path.abspath(workdir), "step": int(step), "bn": config.bn,
+            "image_size": image_size, "pool_dataset": run_config.data.dataset,
+            "data_dir": data_dir or "", "model_config": json.loads(model_cfg.to_json())}
+    target = os.path.join(out or workdir, "route", task_name)
+    _write_atomically(target, lambda d: _write_outputs(d, ranking, accuracies, compact,
+                                                       compact_vars, meta))
+    ranking["out_dir"] = target
+    print(format_table(ranking, top=10), flush=True)
+    return ranking
+
+
+def format_table(ranking: dict, top: Optional[int] = None) -> str:
+    rows = ranking["paths"][:top] if top else ranking["paths"]
+    lines = [f"task {ranking['task']}: {ranking['num_paths']} paths, bn={ranking['bn']}, "
+             f"SDRnet kNN {ranking['sdrnet']['accuracy']:.4f} "
+             f"({ranking['sdrnet']['params']} params, {ranking['sdrnet']['flops']:.3g} FLOPs)",
+             f"{'rank':>4}  {'path':<20} {'index':>5}  {'kNN acc':>7}  {'params':>9}  {'FLOPs':>9}"]
+    for row in rows:
+        path = ",".join(str(p) for p in row["path"])
+        lines.append(f"{row['rank']:>4}  {path:<20} {row['index']:>5}  {row['accuracy']:>7.4f}  "
+                     f"{ranking['subnet_params']:>9}  {ranking['subnet_flops']:>9.3g}")
+    return "\n".join(lines)
+
+
+def _write_outputs(directory: str, ranking: dict, accuracies: np.ndarray, compact: SimSiam,
+                   compact_vars: dict, meta: dict) -> None:
+    with open(os.path.join(directory, "ranking.json"), "w") as f:
+        json.dump(ranking, f, indent=2)
+    with open(os.path.join(directory, "ranking.txt"), "w") as f:
+        f.write(format_table(ranking) + "\n")
+    _histogram(os.path.join(directory, "accuracy_hist.png"), accuracies, ranking)
+    save_exported(os.path.join(directory, EXPORT_DIR), compact, compact_vars, meta)
+
+
+def _histogram(filename: str, accuracies: np.ndarray, ranking: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(accuracies, bins=min(30, max(5, len(accuracies) // 4)), color="tab:blue", alpha=0.8,
+            label=f"{len(accuracies)} sub-nets")
+    ax.axvline(ranking["sdrnet"]["accuracy"], color="tab:red", linestyle="--", label="SDRnet")
+    ax.axvline(ranking["best"]["accuracy"], color="tab:green", label="best sub-net")
+    ax.set_xlabel("kNN accuracy")
+    ax.set_ylabel("paths")
+    ax.set_title(f"routing on {ranking['task']} (bn={ranking['bn']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(filename, dpi=100)
+    plt.close(fig)
+
+
+def _write_atomically(target: str, write) -> None:
+    """Writes into a temporary sibling directory, then swaps it in: never half-written."""
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
+    try:
+        write(tmp)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
