@@ -116,7 +116,7 @@ def test_exported_subnet_reloads_and_reproduces_routed_features(sdrnet, tmp_path
 
 
 def test_unknown_and_unprepared_tasks(tmp_path):
-    with pytest.raises(datasets.UnknownTaskError, match="Did you mean cars.*Known tasks:.*mnist"):
+    with pytest.raises(tasks.UnknownTaskError, match="Did you mean cars.*Known tasks:.*mnist"):
         tasks.get_task("carz")
     with pytest.raises(datasets.DatasetNotPreparedError, match="tfds build cars196"):
         tasks.open_task("cars", tmp_path)

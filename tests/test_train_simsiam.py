@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import simsiam_mosaic
 from sdr_jax import models
-from sdr_jax.config_base import make_tiny
 from sdr_jax.train import mesh as mesh_lib
 from sdr_jax.train import optim, reporting, simsiam
 from sdr_jax.train.state import create_train_state
@@ -19,11 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, **train):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("c", os.path.join(REPO, "configs/simsiam_mosaic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny").unlock()
+    config = simsiam_mosaic.get_config("tiny").unlock()
     config.data.data_dir = data_dir
     config.train.update(train)
     return config.lock()

@@ -51,27 +51,6 @@ TASKS: dict[str, Task] = {
 }
 
 
-class UnknownTaskError(DataError):
-    """The task name is not in TASKS."""
-
-
-def open_task(name: str, data_dir: str | os.PathLike | None = None, *, dataset: str | None = None,
-              build_if_missing: bool = False) -> tuple['ExampleSource', 'ExampleSource', Task]:
-    """(train source, test source, task) of a downstream task.
-
-    `dataset` replaces the task's dataset by a variant of it (e.g. `mosaic/small` for tiny runs).
-    """
-    if name not in TASKS:
-        raise UnknownTaskError(f'unknown task {name!r}; known tasks: {", ".join(sorted(TASKS))}.')
-    task = TASKS[name]
-    dataset = dataset or task.dataset
-    if parse_name(dataset)[0] != parse_name(task.dataset)[0]:
-        raise DataError(f'task {name} lives in {task.dataset}, not in {dataset}.')
-    return (open_source(dataset, task.train_split, data_dir, build_if_missing=build_if_missing),
-            open_source(dataset, task.test_split, data_dir, build_if_missing=build_if_missing),
-            task)
-
-
 class ExampleSource:
     """Random access to one split: len(), source[i] and source.__getitems__(indices)."""
 

@@ -16,7 +16,11 @@ import difflib
 import os
 
 from sdr_jax.data import datasets
-from sdr_jax.data.datasets import Task, UnknownTaskError
+from sdr_jax.data.datasets import DataError, Task
+
+
+class UnknownTaskError(DataError):
+    """The task name is not registered."""
 
 
 @dataclasses.dataclass(frozen=True)

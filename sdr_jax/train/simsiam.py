@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 from jax.sharding import Mesh, PartitionSpec as P

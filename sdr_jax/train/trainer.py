@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from sdr_jax import models
-from sdr_jax.data import datasets
+from sdr_jax.data import datasets, tasks
 from sdr_jax.errors import ConfigError
 from sdr_jax.eval import features as features_lib
 from sdr_jax.train import checkpoint as checkpoint_lib
@@ -90,13 +90,9 @@ class Trainer:
             temperature=cfg.knn_temperature, max_train=cfg.knn_max_train or None))
 
     def _open_task(self, name: str):
-        # Tasks of the embedded pool are read from the same variant (e.g. mosaic/small) as the pool.
-        dataset = self.config.data.dataset
-        same_family = name in datasets.TASKS and \
-            datasets.parse_name(dataset)[0] == datasets.TASKS[name].dataset
-        train, test, task = datasets.open_task(name, self.config.data.data_dir or None,
-                                               dataset=dataset if same_family else None,
-                                               build_if_missing=True)
+        train, test, task = tasks.open_task(name, self.config.data.data_dir or None,
+                                            pool_dataset=self.config.data.dataset,
+                                            build_if_missing=True)
         return train, test, task.num_classes
 
 
