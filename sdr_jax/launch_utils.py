@@ -31,6 +31,9 @@ def init_distributed() -> None:
                                os.path.join(os.path.expanduser("~"), ".cache", "sdr_jax", "xla"))
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
+    if _COORDINATOR.value is not None or _DISTRIBUTED.value:
+        # Cross-process collectives on CPU hosts (no effect on GPU/TPU backends).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if _COORDINATOR.value is not None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value:

@@ -211,3 +211,40 @@ def test_cli_without_assignments_says_what_to_run(small_mosaic_dir, tmp_path):
                   f"--config.data.data_dir={small_mosaic_dir}")
     assert out.returncode == 1
     assert "launch/cluster.py" in out.stderr.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_equal_one_process_with_two_devices(
+        small_mosaic_dir, assignments_file, tmp_path):
+    args = ["--config=configs/sdr_mosaic.py:tiny", f"--config.data.data_dir={small_mosaic_dir}",
+            f"--config.sdr.assignments={assignments_file}", "--config.train.num_steps=6",
+            "--config.train.log_every=1", "--config.eval.knn_tasks=()"]
+
+    def start(workdir, devices, *extra):
+        env = dict(os.environ, PYTHONPATH=REPO,
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        return subprocess.Popen([sys.executable, os.path.join(REPO, "launch/train.py"), *args,
+                                 f"--workdir={workdir}", *extra], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    port = free_port()
+    multi = str(tmp_path / "two_processes")
+    workers = [start(multi, 1, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                     f"--process_id={i}") for i in range(2)]
+    single = str(tmp_path / "one_process")
+    reference = start(single, 2)
+    for proc in [*workers, reference]:
+        _, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-2000:]
+    got, want = losses(multi), losses(single)
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5, 6]
+    for step in want:
+        for key in ("loss", "loss_sdrnet", "loss_subnet", "loss_kd"):
+            np.testing.assert_allclose(got[step][key], want[step][key], atol=1e-5,
+                                       err_msg=f"{key} at step {step}")

@@ -27,8 +27,8 @@ def record_ids(source) -> np.ndarray:
     shuffled, the clustering keys on ids)."""
     ids = np.empty(len(source), np.int64)
     for start in range(0, len(source), 1024):
-        chunk = range(start, min(start + 1024, len(source)))
-        records = source.__getitems__(list(chunk)) if hasattr(source, "__getitems__") else \
+        chunk = list(range(start, min(start + 1024, len(source))))
+        records = source.__getitems__(chunk) if hasattr(source, "__getitems__") else \
             [source[i] for i in chunk]
         ids[start:start + len(records)] = [r["id"] for r in records]
     return ids
@@ -87,15 +87,18 @@ class SDRBatches:
     def __getitem__(self, step: int) -> dict[str, Any]:
         step = int(step)
         plan = self.plan(step)
-        rng = np.random.default_rng([self._seed, step, 0xA0, self._d0_offset])
-        view1, view2 = self._two_views(plan["d0_records"], rng)
+        # Random draws are keyed by global batch position (D0 image, path slot), never by
+        # process, so any split over hosts and devices gives the same global batch.
+        d0_rngs = [np.random.default_rng([self._seed, step, 0xA0, self._d0_offset + j])
+                   for j in range(self._d0_local)]
+        view1, view2 = self._two_views(plan["d0_records"], d0_rngs)
         batch = {"d0_view1": view1, "d0_view2": view2}
         if "paths" not in plan:
             return batch
         views = []
         for slot, records in zip(plan["slots"], plan["sub_records"]):
-            views.append(self._two_views(records, np.random.default_rng(
-                [self._seed, step, 0x5B, slot])))
+            rng = np.random.default_rng([self._seed, step, 0x5B, slot])
+            views.append(self._two_views(records, [rng] * len(records)))
         batch["paths"] = plan["paths"]
         batch["sub_view1"] = np.stack([v[0] for v in views])
         batch["sub_view2"] = np.stack([v[1] for v in views])
@@ -127,13 +130,19 @@ class SDRBatches:
         return rng.choice(members, self._subnet_batch_size,
                           replace=self._subnet_batch_size > len(members))
 
-    def _two_views(self, records: np.ndarray, rng: np.random.Generator):
-        images = [np.asarray(r["image"]) for r in self._source.__getitems__(
-            [int(i) for i in records])] if hasattr(self._source, "__getitems__") else \
-            [np.asarray(self._source[int(i)]["image"]) for i in records]
-        view1 = np.stack([augment_lib.augment(im, rng, self._aug_cfg) for im in images])
-        view2 = np.stack([augment_lib.augment(im, rng, self._aug_cfg) for im in images])
-        return view1, view2
+    def _two_views(self, records: np.ndarray, rngs: list[np.random.Generator]):
+        """Two augmented views of each record, the i-th drawing from rngs[i]."""
+        images = [np.asarray(r["image"]) for r in self._read([int(i) for i in records])]
+        view1, view2 = [], []
+        for image, rng in zip(images, rngs):
+            view1.append(augment_lib.augment(image, rng, self._aug_cfg))
+            view2.append(augment_lib.augment(image, rng, self._aug_cfg))
+        return np.stack(view1), np.stack(view2)
+
+    def _read(self, positions: list[int]) -> list[dict]:
+        if hasattr(self._source, "__getitems__"):
+            return self._source.__getitems__(positions)
+        return [self._source[i] for i in positions]
 
 
 def sdr_dataset(batches: SDRBatches, first_step: int, num_steps: int, num_workers: int = 0

@@ -1,0 +1,115 @@
+"""Cost of an SDR step: against a SimSiam step of the same backbone and batch, and with a path
+space of 256 (4 groups x 4 blocks) against one of 16 (2 x 4) at the same number of sampled paths.
+
+SDR trains, per step, the SDRnet on the D0 batch plus `paths` sub-nets on `subnet_batch` images
+each (with the SDRnet as SiamKD teacher on those images), so its step does more work than
+SimSiam's by design; what must not grow is the cost with the size of the path space (masks make
+every path the same static-shape computation). Also prints compile counts and XLA's memory
+analysis (temporaries + arguments) of each compiled step. Synthetic uint8 batches, one device.
+
+  python bench/sdr_step.py                    # ResNet-18 x0.25, 32x32, batch 128, 4 paths x 32
+"""
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdr_jax import models
+from sdr_jax.config_base import sdr_config, simsiam_config
+from sdr_jax.paths import PathSpec
+from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.train import optim, sdr, simsiam
+from sdr_jax.train.state import create_train_state
+
+
+def _state(model_cfg, tx, image_size, mesh):
+    model = models.build_model(model_cfg)
+    path = jnp.asarray(models.path_spec(model_cfg).full_path())
+    return jax.jit(lambda r: create_train_state(model, tx, r, image_size, path),
+                   out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0)), path
+
+
+def _time(step, state, batch, repeats):
+    start = time.perf_counter()
+    state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, _ = step(state, batch)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), compile_s, state
+
+
+def _memory_mib(step, state, batch) -> float:
+    analysis = step.lower(state, batch).compile().memory_analysis()
+    return (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes) / 2**20
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--paths", type=int, default=4)
+    parser.add_argument("--subnet_batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
+    size, rng = args.image_size, np.random.default_rng(0)
+    images = lambda *shape: rng.integers(0, 256, shape + (size, size, 3), dtype=np.uint8)  # noqa
+    common = dict(dataset="mosaic", image_size=size, arch=args.arch, width=args.width,
+                  stem="small", proj_dim=512, pred_dim=128)
+    rows = []
+
+    base = simsiam_config(**common)
+    tx, _ = optim.make_optimizer(base.optim, 1000)
+    state, path = _state(base.model, tx, size, mesh)
+    step = simsiam.make_train_step(models.build_model(base.model, bn_axis_name="data"), tx,
+                                   mesh, path)
+    batch = mesh_lib.shard_batch({"view1": images(args.batch), "view2": images(args.batch)}, mesh)
+    memory = _memory_mib(step, state, batch)
+    seconds, compile_s, _ = _time(step, state, batch, args.repeats)
+    rows.append(("SimSiam", 1, seconds, compile_s, step._cache_size(), memory))
+
+    for groups in (2, 4):
+        cfg = sdr_config(**common, num_groups=groups)
+        spec = PathSpec(num_blocks=4, num_groups=groups)
+        tx, _ = optim.make_optimizer(cfg.optim, 1000)
+        state, full = _state(cfg.model, tx, size, mesh)
+        step = sdr.make_sdr_step(
+            models.build_model(cfg.model, bn_axis_name="data"),
+            models.build_model(cfg.model, bn_axis_name="data", sync_bn=False), tx, mesh, full,
+            kd="siamkd", kd_weight=1.0, with_subnets=True)
+        paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]
+        batch = mesh_lib.shard_batch({
+            "d0_view1": images(args.batch), "d0_view2": images(args.batch),
+            "paths": paths.astype(np.int32), "sub_view1": images(args.paths, args.subnet_batch),
+            "sub_view2": images(args.paths, args.subnet_batch)}, mesh)
+        memory = _memory_mib(step, state, batch)
+        seconds, compile_s, state = _time(step, state, batch, args.repeats)
+        # Other paths of the same space: the step must not compile again.
+        for _ in range(2):
+            paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]
+            batch["paths"] = mesh_lib.shard_batch({"p": paths.astype(np.int32)}, mesh)["p"]
+            state, _ = step(state, batch)
+        rows.append((f"SDR {groups}x4 groups", spec.num_paths, seconds, compile_s,
+                     step._cache_size(), memory))
+
+    print(f"{args.arch} x{args.width}, {size}x{size}, D0 batch {args.batch}, SDR: {args.paths} "
+          f"paths x {args.subnet_batch} images per step, 1 {jax.devices()[0].platform} device")
+    print(f"{'step':<16} {'space':>6} {'ms/step':>9} {'vs SimSiam':>10} {'compile s':>10} "
+          f"{'compiles':>8} {'XLA MiB':>8}")
+    for name, space, seconds, compile_s, compiles, memory in rows:
+        print(f"{name:<16} {space:>6} {1000 * seconds:>9.0f} {seconds / rows[0][2]:>9.2f}x "
+              f"{compile_s:>10.1f} {compiles:>8} {memory:>8.0f}")
+    print(f"256-path space / 16-path space step time: {rows[2][2] / rows[1][2]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
