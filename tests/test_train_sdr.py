@@ -223,8 +223,9 @@ def free_port() -> int:
 def test_two_processes_with_jax_distributed_equal_one_process_with_two_devices(
         small_mosaic_dir, assignments_file, tmp_path):
     args = ["--config=configs/sdr_mosaic.py:tiny", f"--config.data.data_dir={small_mosaic_dir}",
-            f"--config.sdr.assignments={assignments_file}", "--config.train.num_steps=6",
-            "--config.train.log_every=1", "--config.eval.knn_tasks=()"]
+            f"--config.sdr.assignments={assignments_file}", "--config.train.num_steps=3",
+            "--config.train.log_every=1", "--config.eval.knn_tasks=()",
+            "--config.sdr.progressive=False"]  # every step trains sub-nets: one compile
 
     def start(workdir, devices, *extra):
         env = dict(os.environ, PYTHONPATH=REPO,
@@ -243,7 +244,7 @@ def test_two_processes_with_jax_distributed_equal_one_process_with_two_devices(
         _, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, err[-2000:]
     got, want = losses(multi), losses(single)
-    assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5, 6]
+    assert sorted(got) == sorted(want) == [1, 2, 3]
     for step in want:
         for key in ("loss", "loss_sdrnet", "loss_subnet", "loss_kd"):
             np.testing.assert_allclose(got[step][key], want[step][key], atol=1e-5,
