@@ -2,7 +2,8 @@
 
   python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster \
       --config.pretrain_workdir=gs://.../simsiam
-`:tiny` clusters a tiny run (configs/simsiam_imagenet.py:tiny, on mosaic/small) for sdr256:tiny.
+`:tiny` clusters a tiny run for sdr256:tiny (256 leaves): give it at least ~10k examples
+(e.g. --config.data.dataset=mosaic); the 1.5k of mosaic/small leave some leaves empty.
 """
 import ml_collections
 

@@ -13,7 +13,7 @@ from sdr_jax.cluster import assignments as assignments_lib
 from sdr_jax.cluster import job
 from sdr_jax.cluster.features import FeatureStore, FeatureWriter
 from sdr_jax.data import datasets
-from sdr_jax.errors import CheckpointError
+from sdr_jax.errors import CheckpointError, ConfigError
 from sdr_jax.train import simsiam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,3 +194,11 @@ def test_other_cluster_settings_are_refused(finished_job, pretrain_run):
                          **{"cluster.epochs": 3})
     with pytest.raises(job.ClusterJobError, match="another cluster_config"):
         job.run(config, finished_job[0])
+
+
+def test_missing_sdr_config_is_refused_before_writing(pretrain_run, tmp_path):
+    config = load_config("cluster_mosaic.py", pretrain_workdir=pretrain_run,
+                         sdr_config="configs/no_such_sdr.py")
+    with pytest.raises(ConfigError, match="no_such_sdr.py' not found"):
+        job.run(config, str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()

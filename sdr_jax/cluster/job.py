@@ -280,11 +280,11 @@ def format_summary(result: dict[str, Any]) -> str:
     top = result["top_clusters"]
     width = max(7, *(len(n) for n in top["names"]))
     lines += ["", f"top-level clusters vs {top['reference']}:",
-              "cluster     size  " + "".join(f"{n:>{width}s}" for n in top["names"])
+              "cluster     size " + "".join(f" {n:>{width}s}" for n in top["names"])
               + "  majority"]
     for cluster_id, counts in enumerate(top["counts"]):
         lines.append(f"{cluster_id:7d}  {sum(counts):7d}  "
-                     + "".join(f"{c:{width}d}" for c in counts)
+                     + "".join(f" {c:{width}d}" for c in counts)
                      + f"  {_majority(counts, top['names'])}")
     lines += ["", "seconds: " + ", ".join(
         f"{stage} {seconds:.1f}" + (" (reused)" if result["skipped"].get(stage) else "")
