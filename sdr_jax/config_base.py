@@ -5,9 +5,13 @@ Every value a user may change lives on the config and can be overridden from the
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from ml_collections import ConfigDict
 
 from sdr_jax import models
+from sdr_jax.errors import ConfigError
 from sdr_jax.data.augment import default_aug_config
 
 
@@ -95,3 +99,24 @@ def make_tiny(config: ConfigDict) -> ConfigDict:
     config.data.split = "pool"
     config.data.num_workers = 0
     return config
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """`get_config(arg)` of a config file named like the --config flag: 'configs/x.py[:arg]'.
+
+    A relative path is looked up in the working directory, then in the repository root, so a
+    config can name another one (e.g. the SDR config a clustering job must agree with).
+    """
+    path, _, arg = spec.partition(":")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates = [path] if os.path.isabs(path) else [path, os.path.join(repo_root, path)]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None:
+        raise ConfigError(f"config file {path!r} not found (looked in {', '.join(candidates)}).")
+    module_spec = importlib.util.spec_from_file_location(
+        "_config_" + os.path.splitext(os.path.basename(found))[0], found)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {found} has no get_config().")
+    return module.get_config(arg or None)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from sdr_jax.paths import PathSpec
+
 FORMAT_VERSION = 1
 
 
@@ -72,7 +74,7 @@ class Assignments:
     @property
     def paths(self) -> np.ndarray:
         """(n, L) path codes of every example's leaf."""
-        return _leaf_to_path(self.leaves, self.num_groups, self.num_blocks)
+        return PathSpec(self.num_blocks, self.num_groups).index_to_path(self.leaves)
 
     def node_ids(self, depth: int) -> np.ndarray:
         """(n,) id of every example's tree node at `depth` (0 = root, L = leaf)."""
@@ -189,7 +191,3 @@ def _check_same_ids(assigned: np.ndarray, dataset: np.ndarray, path: str) -> Non
             f"{extra.size} assigned ids not in the dataset (e.g. {extra[:3].tolist()}); "
             "cluster this dataset/split.")
 
-
-def _leaf_to_path(leaves: np.ndarray, num_groups: int, num_blocks: int) -> np.ndarray:
-    """Path codes of leaf ids, block 0 least significant (to be replaced by sdr_jax.paths)."""
-    return ((leaves[:, None] // num_groups**np.arange(num_blocks)) % num_groups).astype(np.int32)

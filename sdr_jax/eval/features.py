@@ -1,7 +1,7 @@
 """Backbone features of a whole dataset split, data-parallel over the mesh, and kNN monitors."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -21,25 +21,43 @@ def jit_feature_fn(apply_fn: FeatureFn, mesh: Mesh) -> FeatureFn:
     return jax.jit(apply_fn, in_shardings=sharding, out_shardings=sharding)
 
 
-def extract_features(feature_fn: FeatureFn, source, *, batch_size: int, image_size: int,
-                     mesh: Mesh, max_examples: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, labels, ids) of every example of `source` (or its first `max_examples`)."""
+def iter_features(feature_fn: FeatureFn, source, *, batch_size: int, image_size: int,
+                  mesh: Mesh, max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Streams {'feature', 'label', 'id'} of the real examples of `source`, batch by batch.
+
+    Every process yields every example (gathered over processes). The next batch is dispatched
+    before the previous one is fetched, so the device computes while the host loads images.
+    """
     if max_examples is not None and max_examples < len(source):
         source = _Prefix(source, max_examples)
-    feats, labels, ids = [], [], []
     local_batch = batch_size // jax.process_count()
+    pending = None
     for batch in pipeline.eval_batches(source, batch_size=local_batch, image_size=image_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
         out = feature_fn(shard_batch({"image": batch["image"]}, mesh)["image"])
-        gathered = _gather({"feature": out, **shard_batch(
-            {k: batch[k] for k in ("label", "id", "mask")}, mesh)})
-        keep = gathered["mask"].astype(bool)
-        feats.append(gathered["feature"][keep])
-        labels.append(gathered["label"][keep])
-        ids.append(gathered["id"][keep])
-    return np.concatenate(feats), np.concatenate(labels), np.concatenate(ids)
+        current = {"feature": out, **shard_batch({k: batch[k] for k in ("label", "id", "mask")},
+                                                  mesh)}
+        if pending is not None:
+            yield _real_rows(pending)
+        pending = current
+    if pending is not None:
+        yield _real_rows(pending)
+
+
+def extract_features(feature_fn: FeatureFn, source, *, batch_size: int, image_size: int,
+                     mesh: Mesh, max_examples: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, ids) of every example of `source` (or its first `max_examples`)."""
+    batches = list(iter_features(feature_fn, source, batch_size=batch_size,
+                                 image_size=image_size, mesh=mesh, max_examples=max_examples))
+    return tuple(np.concatenate([b[key] for b in batches]) for key in ("feature", "label", "id"))
+
+
+def _real_rows(batch: dict) -> dict[str, np.ndarray]:
+    gathered = _gather(batch)
+    keep = gathered.pop("mask").astype(bool)
+    return {key: value[keep] for key, value in gathered.items()}
 
 
 def _gather(tree: dict) -> dict:

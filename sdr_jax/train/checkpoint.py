@@ -96,9 +96,10 @@ def load_run(workdir: str, step: int | None = None) -> tuple[ConfigDict, dict, i
         raise CheckpointError(f"{workdir} is not a training workdir (no {CONFIG_FILE}); pass the "
                               f"--workdir of a finished launch/train.py run.")
     config = ConfigDict(json.loads(config_path.read_text()))
+    # Not read_only=True: that logs two warnings on every load (noise around the one-line
+    # errors of launch scripts); a manager that never saves writes nothing either way.
     manager = ocp.CheckpointManager(root.absolute() / "checkpoints", item_names=("state", "data"),
-                                    options=ocp.CheckpointManagerOptions(create=False,
-                                                                         read_only=True))
+                                    options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
         raise CheckpointError(f"{workdir} has no checkpoint{'' if step is None else f' {step}'}; "
