@@ -153,3 +153,17 @@ def test_cli_non_finite_loss_stops_and_keeps_good_checkpoints(small_mosaic_dir, 
     assert last.startswith("error: non-finite training metrics"), last
     saved = os.listdir(os.path.join(workdir, "checkpoints"))
     assert "6" not in saved
+
+
+def test_plot_metrics_draws_every_logged_term(tmp_path):
+    workdir = str(tmp_path)
+    writer = reporting.MetricWriter(workdir)
+    for step in range(1, 5):
+        writer.write_scalars(step, {"loss": -step / 10, "loss_subnet": 0.0 if step < 3 else -0.1,
+                                    "collapse_std": 0.04, "stage": 0 if step < 3 else 1})
+    writer.close()
+    keys = reporting.plot_metrics(workdir, str(tmp_path / "curves.png"))
+    assert keys == ["collapse_std", "loss", "loss_subnet"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        reporting.plot_metrics(str(tmp_path / "empty"), str(tmp_path / "x.png"))

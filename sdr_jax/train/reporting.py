@@ -98,3 +98,39 @@ def format_metrics(step: int, num_steps: int, metrics: Mapping[str, float]) -> s
         else:
             parts.append(f"{key} {value:.4g}")
     return " | ".join(parts)
+
+
+def plot_metrics(workdir: str, out: str, prefixes: tuple[str, ...] = ("loss", "collapse_std")
+                 ) -> list[str]:
+    """Plots a run's logged curves, one panel per prefix (e.g. every `loss*` term together);
+    returns the keys drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(workdir)
+    if not rows:
+        raise FileNotFoundError(f"{workdir} has no metrics.jsonl; train first.")
+    keys = sorted({k for row in rows for k in row if k.startswith(prefixes)})
+    fig, axes = plt.subplots(1, len(prefixes), figsize=(6 * len(prefixes), 4), squeeze=False)
+    for ax, prefix in zip(axes[0], prefixes):
+        for key in (k for k in keys if k.startswith(prefix)):
+            # Progressive stage 0 trains no sub-net: its sub-net/KD terms are placeholders.
+            subnet_term = "subnet" in key or "kd" in key
+            points = [(row["step"], row[key]) for row in rows
+                      if key in row and not (subnet_term and row.get("stage") == 0)]
+            if not points:
+                continue
+            ax.plot(*zip(*points), label=key)
+        if "stage" in rows[-1]:  # progressive stage boundaries
+            stages = [(row["step"], row["stage"]) for row in rows if "stage" in row]
+            for (_, before), (step, after) in zip(stages, stages[1:]):
+                if after != before:
+                    ax.axvline(step, color="grey", lw=0.5, ls="--")
+        ax.set_xlabel("step")
+        ax.set_title(prefix)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return keys
