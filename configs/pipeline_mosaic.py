@@ -14,7 +14,7 @@ Default sizes (a run of about 40 minutes on 2 shared CPU cores): SimSiam 160 ste
 images for the SDRnet + 4 paths x 32 for the sub-nets (32 steps per progressive stage), routing
 of the 16 paths on the 6 tasks with 1000 memory / 500 query images each (BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
-whole chain in seconds on `mosaic/small`.
+whole chain in about a minute on `mosaic/small` (two tasks).
 """
 import ml_collections
 
@@ -35,11 +35,14 @@ def get_config(arg: str | None = None):
     config.cluster = load_config_file("configs/cluster_mosaic.py" + variant)
     config.cluster.sdr_config = sdr_spec  # the clusters are made for this SDRnet
     config.route = load_config_file("configs/route.py" + variant)
+    if variant:
+        config.tasks = ("mnist", "emoji_twitter")  # one pool domain, the task-only domain
+    for stage in (config.simsiam, config.sdr):
+        stage.eval.knn_tasks = ()          # the summary's table is the kNN evaluation
     if not variant:
         for stage in (config.simsiam, config.sdr):
             stage.train.knn_every = 0
             stage.train.checkpoint_every = 40
-            stage.eval.knn_tasks = ()      # the summary's table is the kNN evaluation
         config.simsiam.train.num_steps = 160
         config.sdr.train.num_steps = 160
         config.sdr.optim.batch_size = 128
