@@ -10,8 +10,8 @@ set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model
 (ResNet-18 x0.25, 32x32): the SimSiam run is the baseline of the summary table.
 
 Default sizes (a run of about 40 minutes on 2 shared CPU cores): SimSiam 160 steps of 256 images
-(~1 epoch of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 160 steps of 128
-images for the SDRnet + 4 paths x 32 for the sub-nets (32 steps per progressive stage), routing
+(~1 epoch of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 100 steps of 128
+images for the SDRnet + 4 paths x 32 for the sub-nets (20 steps per progressive stage), routing
 of the 16 paths on the 6 tasks with 1000 memory / 500 query images each (BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
 whole chain in about a minute on `mosaic/small` (two tasks).
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None):
             stage.train.knn_every = 0
             stage.train.checkpoint_every = 40
         config.simsiam.train.num_steps = 160
-        config.sdr.train.num_steps = 160
+        config.sdr.train.num_steps = 100
         config.sdr.optim.batch_size = 128
         config.sdr.sdr.subnet_batch_size = 32
         config.route.max_train = 1000
