@@ -4,7 +4,7 @@
 
 Stages, each the existing library function, each in its own place under DIR:
   simsiam   `train.simsiam.train_and_evaluate`  DIR/simsiam (the pre-training run, D0)
-  cluster   `cluster.job.run`                   DIR/cluster (features, assignments.npz, clusters.png)
+  cluster   `cluster.job.run`                   DIR/cluster (features, assignments.npz, clusters)
   sdr       `train.sdr.train_and_evaluate`      DIR/sdr (with DIR/cluster/assignments.npz)
   route     `route.route`, every task           DIR/sdr/route/<task>/ (ranking, histogram, sub-net)
   baseline  `eval.downstream.evaluate`          DIR/baseline/<task>.json (the SimSiam run, per task)
