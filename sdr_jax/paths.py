@@ -129,19 +129,6 @@ class PathSpec:
         prefix = np.full((digits.shape[0], self.num_blocks - stage), ALL, np.int32)
         return np.concatenate([prefix, digits], axis=1)
 
-    def sample_paths(self, rng: jax.Array, stage: Any, n: int) -> jax.Array:
-        """`n` paths drawn uniformly from stage `stage` (int32 (n, L)).
-
-        Traceable in `stage` (it may be a traced int), so one jitted step serves
-        every progressive stage: each block draws a group and blocks before the
-        last `stage` are overwritten with ALL.
-        """
-        if self.num_groups == 0:
-            return jnp.full((n, self.num_blocks), ALL, jnp.int32)
-        groups = jax.random.randint(rng, (n, self.num_blocks), 0, self.num_groups, jnp.int32)
-        varies = jnp.arange(self.num_blocks) >= self.num_blocks - jnp.asarray(stage)
-        return jnp.where(varies, groups, ALL).astype(jnp.int32)
-
     def _check_stage(self, stage: int) -> None:
         if not 0 <= stage <= self.max_stage:
             raise ValueError(f"Progressive stage must be in 0..{self.max_stage}, got {stage}.")

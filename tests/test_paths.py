@@ -62,25 +62,6 @@ def test_parent_leaves_prefix_suffix():
         spec.paths_with_prefix([2])
 
 
-def test_sample_paths_traced_stage_one_trace():
-    spec = PathSpec(4, 3)
-    traces = []
-
-    @jax.jit
-    def sample(rng, stage):
-        traces.append(1)
-        return spec.sample_paths(rng, stage, 512)
-
-    for stage in range(5):
-        got = np.asarray(sample(jax.random.key(stage), stage))
-        assert got.shape == (512, 4) and got.dtype == np.int32
-        allowed = {tuple(p) for p in spec.stage_paths(stage)}
-        seen = {tuple(p) for p in got}
-        assert seen <= allowed
-        assert seen == allowed or stage == 4  # 81 paths need more draws; the rest hit all
-    assert len(traces) == 1
-
-
 @pytest.mark.parametrize("bad,match", [
     ([0, 1, 2], r"shape \(\.\.\., 4\)"),
     ([0, 1, 2, 4], "entries must be in"),
@@ -104,7 +85,7 @@ def test_plain_network_spec():
     spec = PathSpec(4, 0)
     assert spec.num_paths == 1 and spec.max_stage == 0
     np.testing.assert_array_equal(spec.validate(spec.full_path()), [ALL] * 4)
-    np.testing.assert_array_equal(spec.sample_paths(jax.random.key(0), 0, 3), np.full((3, 4), ALL))
+    np.testing.assert_array_equal(spec.stage_paths(0), np.full((1, 4), ALL))
     with pytest.raises(ValueError):
         spec.validate([0, ALL, ALL, ALL])
 

@@ -125,6 +125,16 @@ def test_cli_tiny_end_to_end_then_refuses_another_model(small_mosaic_dir, tmp_pa
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["proj_dim"] == 32
 
+    # Trained on 8 devices, loaded for inference by a process with one device.
+    load = ("from sdr_jax.train.checkpoint import load_run; import jax; "
+            f"c, v, s = load_run({workdir!r}); "
+            "print(s, len(jax.devices()), jax.tree.leaves(v['params'])[0].ndim > 0)")
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.split() == ["6", "1", "True"]
+
 
 def test_cli_unknown_config_field_fails(tmp_path):
     out = run_cli("--config=configs/simsiam_mosaic.py:tiny", f"--workdir={tmp_path}",

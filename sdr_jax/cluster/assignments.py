@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from sdr_jax.errors import SDRError
+
 from sdr_jax.paths import PathSpec
 
 FORMAT_VERSION = 1
 
 
-class AssignmentsError(ValueError):
+class AssignmentsError(SDRError, ValueError):
     """An assignments file is missing, malformed, or does not fit the model or dataset."""
 
 

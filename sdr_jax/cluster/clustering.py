@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from sdr_jax.errors import SDRError
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -34,7 +36,7 @@ from sdr_jax.cluster.sinkhorn import sinkhorn
 _SEED_CANDIDATES = 2048
 
 
-class EmptyClusterError(ValueError):
+class EmptyClusterError(SDRError, ValueError):
     """A tree node ended up with too few examples for its sub-tree."""
 
 

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from sdr_jax.errors import SDRError
+
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 INCOMPLETE_SUFFIX = ".incomplete"
 _DTYPE = np.float32
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(SDRError, ValueError):
     """A feature store is missing, incomplete, inconsistent or used with the wrong data."""
 
 

@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
@@ -98,12 +99,21 @@ def load_run(workdir: str, step: int | None = None) -> tuple[ConfigDict, dict, i
     config = ConfigDict(json.loads(config_path.read_text()))
     # Not read_only=True: that logs two warnings on every load (noise around the one-line
     # errors of launch scripts); a manager that never saves writes nothing either way.
-    manager = ocp.CheckpointManager(root.absolute() / "checkpoints", item_names=("state", "data"),
-                                    options=ocp.CheckpointManagerOptions(create=False))
+    manager = ocp.CheckpointManager(
+        root.absolute() / "checkpoints", item_names=("state", "data"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
         raise CheckpointError(f"{workdir} has no checkpoint{'' if step is None else f' {step}'}; "
                               f"train first (launch/train.py --workdir={workdir}).")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    # Restore against the saved shapes placed on this process's first device, so a run saved on
+    # one topology (8 accelerators, a pod) loads on any other (a laptop CPU).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step)["state"])
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
     manager.close()
     return config, {"params": state["params"], "batch_stats": state["batch_stats"]}, step

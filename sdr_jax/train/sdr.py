@@ -9,8 +9,8 @@ Distribution: the D0 batch is split over all devices and its batch norm is synch
 the SDRnet sees one global batch). The sampled paths are split over the devices too — every
 device trains its own path(s) on its own subset batch in the same SPMD step, the path being
 per-device data — with batch statistics per path, so each sub-net's BN sees exactly its own data,
-on one device or on many. Several paths per device run one after another (`lax.scan`), so one
-device computes the same loss and gradients as many.
+on one device or on many. Several paths per device run one after another (a static
+Python loop), so one device computes the same loss and gradients as many.
 """
 from __future__ import annotations
 
@@ -77,8 +77,15 @@ def sdr_loss(sdrnet_model, subnet_model, params, batch_stats, batch: dict, full_
         distill = 0.5 * (kd_fn(o1["kd"], t1) + kd_fn(o2["kd"], t2))
         return stats, (loss, distill, losses.collapse_std(o1["z"]))
 
-    batch_stats, (loss_sub, loss_kd, stds) = jax.lax.scan(
-        one_path, batch_stats, (batch["paths"], batch["sub_view1"], batch["sub_view2"]))
+    # A Python loop over this device's paths (a static count: one on an 8-accelerator host).
+    # `lax.scan` here, even with unroll=True, made the step 6x slower on XLA:CPU
+    # (bench/sdr_step.py); compile time grows with the number of paths per device.
+    per_path = []
+    for i in range(batch["paths"].shape[0]):
+        batch_stats, result = one_path(
+            batch_stats, (batch["paths"][i], batch["sub_view1"][i], batch["sub_view2"][i]))
+        per_path.append(result)
+    loss_sub, loss_kd, stds = (jnp.stack(terms) for terms in zip(*per_path))
     values.update(loss_subnet=loss_sub.mean(), loss_kd=loss_kd.mean(),
                   collapse_std_subnet=stds.mean(),
                   collapse_std_subnet_min=jax.lax.pmin(jax.lax.stop_gradient(stds).min(),
