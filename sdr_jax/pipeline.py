@@ -297,7 +297,8 @@ def _mark(workdir: str, config: ConfigDict, result: dict) -> None:
 
 
 class _Timings:
-    """Wall seconds per stage, summed over every run of the pipeline (resumes included)."""
+    """Wall seconds per stage, summed over the runs of the pipeline that ended (stopped,
+    finished or raised); a process killed by a signal loses its time."""
 
     def __init__(self, path: str, write: bool):
         self.path, self.write = path, write
