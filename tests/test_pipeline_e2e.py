@@ -1,0 +1,156 @@
+"""The whole pipeline at :tiny: stopped in every stage in turn, resumed, summarised, skipped."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sdr_jax import pipeline
+from sdr_jax.cluster import clustering
+from sdr_jax.config_base import load_config_file
+from sdr_jax.errors import ConfigError
+from sdr_jax.eval import downstream
+from sdr_jax.train.checkpoint import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+    config = load_config_file("configs/pipeline_mosaic.py:tiny")
+    config.data_dir = data_dir
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def _latest_step(workdir):
+    checkpointer = Checkpointer(workdir)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+class _Killed(Exception):
+    """Stands for the process being killed in the middle of a stage."""
+
+
+def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    dirs = pipeline.stage_dirs(workdir)
+    # Both trainers run 6 steps; at most 4 per run: each stops once, mid-stage.
+    config = tiny_config(small_mosaic_dir, **{"simsiam.train.max_steps_per_run": 4,
+                                              "sdr.train.max_steps_per_run": 4})
+
+    # 1: stopped in SimSiam pre-training.
+    result = pipeline.run(config, workdir)
+    assert result == {"finished": False, "stopped_in": "simsiam",
+                      "seconds": {"simsiam": pytest.approx(result["seconds"]["simsiam"])}}
+    assert _latest_step(dirs["simsiam"]) == 4
+    assert not os.path.exists(dirs["cluster"])
+
+    # 2: SimSiam resumes and finishes; the cluster job is killed after writing its features.
+    def killed_fit(*args, **kwargs):
+        raise _Killed()
+    monkeypatch.setattr(clustering, "fit", killed_fit)
+    with pytest.raises(_Killed):
+        pipeline.run(config, workdir)
+    marker = _read(os.path.join(dirs["simsiam"], pipeline.MARKER))
+    assert marker["result"]["step"] == 6 and marker["result"]["finished"]
+    assert os.path.isdir(os.path.join(dirs["cluster"], "features"))
+    assert not os.path.exists(os.path.join(dirs["cluster"], "assignments.npz"))
+    assert not os.path.exists(os.path.join(dirs["cluster"], pipeline.MARKER))
+    monkeypatch.undo()
+
+    # 3: SimSiam is skipped, clustering reuses the features, SDR stops mid-training.
+    result = pipeline.run(config, workdir)
+    assert result["stopped_in"] == "sdr"
+    cluster_summary = _read(os.path.join(dirs["cluster"], "summary.json"))
+    assert cluster_summary["skipped"] == {"features": True, "clustering": False}
+    assert _latest_step(dirs["sdr"]) == 4
+    assert not os.path.exists(dirs["route"])
+
+    # 4: SDR resumes and finishes; routing and the baseline run on every task; the summary.
+    result = pipeline.run(config, workdir)
+    assert result["finished"] and result["stopped_in"] is None
+    assert _read(os.path.join(dirs["sdr"], pipeline.MARKER))["result"]["step"] == 6
+    summary = _read(os.path.join(workdir, "summary.json"))
+    assert list(summary["tasks"]) == list(config.tasks)
+    assert set(summary["seconds"]) == set(pipeline.STAGES)
+    for task, row in summary["tasks"].items():
+        ranking = _read(os.path.join(dirs["route"], task, "ranking.json"))
+        assert row["routed"] == ranking["best"]["accuracy"] == max(
+            p["accuracy"] for p in ranking["paths"])
+        assert row["sdrnet"] == ranking["sdrnet"]["accuracy"]
+        assert row["path"] == ranking["best"]["path"] and len(row["path"]) == 4
+        assert row["simsiam"] == _read(os.path.join(dirs["baseline"], f"{task}.json"))["knn"]
+        assert os.path.isfile(summary["pictures"][f"route/{task}"])
+        assert os.path.isdir(os.path.join(dirs["route"], task, "best_subnet"))
+    assert os.path.isfile(summary["pictures"]["clusters"])
+    text = open(os.path.join(workdir, "summary.txt")).read()
+    assert text == pipeline.format_summary(summary) + "\n"
+    assert all(task in text for task in config.tasks) and "wall time per stage" in text
+
+    # One protocol: evaluate() of the SDRnet reproduces routing's SDRnet column.
+    task = config.tasks[0]
+    sdrnet = downstream.evaluate(config.route, dirs["sdr"], task)
+    assert sdrnet["knn"] == pytest.approx(summary["tasks"][task]["sdrnet"], abs=1e-6)
+
+    # 5: everything is done: nothing reruns, the same table comes out.
+    ranking_file = os.path.join(dirs["route"], task, "ranking.json")
+    before = os.stat(ranking_file).st_mtime_ns
+    again = pipeline.run(config, workdir)
+    assert again["tasks"] == summary["tasks"]
+    assert os.stat(ranking_file).st_mtime_ns == before
+    assert again["seconds"]["sdr"] < summary["seconds"]["sdr"] + 5  # skipped: a marker read
+
+    # Another config for a finished stage is refused, not silently mixed in.
+    with pytest.raises(pipeline.PipelineError, match="another config"):
+        pipeline.run(tiny_config(small_mosaic_dir, **{"simsiam.train.num_steps": 7}), workdir)
+    with pytest.raises(pipeline.PipelineError, match="another kNN protocol"):
+        pipeline.run(tiny_config(small_mosaic_dir, **{"route.knn_k": 5}), workdir)
+
+    # The launch script on the finished run: the summary, exit 0.
+    done = subprocess.run(
+        [sys.executable, "launch/pipeline.py", "--config=configs/pipeline_mosaic.py:tiny",
+         f"--workdir={workdir}", f"--config.data_dir={small_mosaic_dir}"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pipeline.format_summary(summary).splitlines()[2] in done.stdout
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sdr.model.width", 0.5, "same model size"),
+    ("sdr.data.image_size", 16, "same data"),
+    ("cluster.sdr_config", "configs/sdr256.py:tiny", "G=4, L=4"),
+    ("cluster.pretrain_workdir", "/elsewhere", "the pipeline sets pretrain_workdir"),
+    ("tasks", (), "tasks is empty"),
+])
+def test_inconsistent_configs_are_refused_before_anything_runs(tmp_path, key, value, message):
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        pipeline.run(tiny_config("", **{key: value}), str(workdir))
+    assert not workdir.exists()
+
+
+def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "launch/pipeline.py", "--config=configs/pipeline_mosaic.py:tiny",
+         f"--workdir={workdir}", "--config.sdr.model.width=0.5"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: SimSiam and SDR must use the same model size: model.width is 0.125 for simsiam, "
+        "0.5 for sdr."]
+    assert not workdir.exists()
