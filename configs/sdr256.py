@@ -23,8 +23,6 @@ def get_config(arg: str | None = None):
     config.sdr.subnet_batch_size = 64
     if arg == "tiny":
         make_tiny(config)
-        config.sdr.paths_per_step = 0
-        config.sdr.subnet_batch_size = 8
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

@@ -6,28 +6,18 @@
 
 `:tiny` is a seconds-long smoke test on `mosaic/small`.
 """
-from sdr_jax.config_base import make_tiny, sdr_config
-from sdr_jax.data.datasets import TASKS
+from sdr_jax.config_base import make_tiny, use_mosaic_recipe, sdr_config
 
 
 def get_config(arg: str | None = None):
     config = sdr_config(dataset="mosaic", image_size=32, arch="resnet18", width=0.25,
                         stem="small", proj_dim=512, pred_dim=128, num_groups=2)
     config.model.sdr.num_paths = 16
-    config.optim.batch_size = 256
-    config.optim.weight_decay = 5e-4  # SimSiam's setting for 32x32 images
-    config.train.num_epochs = 20
-    config.train.log_every = 50
-    config.train.checkpoint_every = 500
-    config.train.knn_every = 2000
-    config.eval.knn_tasks = tuple(TASKS)
-    config.eval.knn_max_train = 5000
+    use_mosaic_recipe(config)
     config.sdr.paths_per_step = 4
     config.sdr.subnet_batch_size = 64
     if arg == "tiny":
         make_tiny(config)
-        config.sdr.paths_per_step = 0
-        config.sdr.subnet_batch_size = 8
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

@@ -80,6 +80,20 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
     return config
 
 
+def use_mosaic_recipe(config: ConfigDict) -> ConfigDict:
+    """The CPU-sized schedule for the embedded 32x32 pool, shared by SimSiam and SDR configs."""
+    from sdr_jax.data.datasets import TASKS
+    config.optim.batch_size = 256
+    config.optim.weight_decay = 5e-4  # SimSiam's setting for 32x32 images
+    config.train.num_epochs = 20
+    config.train.log_every = 50
+    config.train.checkpoint_every = 500
+    config.train.knn_every = 2000
+    config.eval.knn_tasks = tuple(TASKS)
+    config.eval.knn_max_train = 5000
+    return config
+
+
 def make_tiny(config: ConfigDict) -> ConfigDict:
     """A tiny model and a handful of steps: any experiment runs end to end in seconds on a CPU."""
     config.model = models.model_config("tiny", stem="small", proj_dim=32, pred_dim=16,
@@ -98,6 +112,9 @@ def make_tiny(config: ConfigDict) -> ConfigDict:
     config.data.dataset = "mosaic/small"
     config.data.split = "pool"
     config.data.num_workers = 0
+    if "sdr" in config:  # one sub-net per device, a few images each
+        config.sdr.paths_per_step = 0
+        config.sdr.subnet_batch_size = 8
     return config
 
 
