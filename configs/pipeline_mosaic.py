@@ -9,7 +9,8 @@ together (cluster.pretrain_workdir, sdr.sdr.assignments), so leave those empty. 
 set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
 (ResNet-18 x0.25, 32x32): the SimSiam run is the baseline of the summary table.
 
-Default sizes (a run of about 40 minutes on 2 shared CPU cores): SimSiam 160 steps of 256 images
+Default sizes (37 minutes measured on 2 shared CPU cores before the SDR step got 6x faster;
+about 15 minutes expected on 2 free cores): SimSiam 160 steps of 256 images
 (~1 epoch of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 100 steps of 128
 images for the SDRnet + 4 paths x 32 for the sub-nets (20 steps per progressive stage), routing
 of the 16 paths on the 6 tasks with 1000 memory / 500 query images each (BN recalibrated on 512).
