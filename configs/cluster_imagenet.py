@@ -5,29 +5,18 @@
 `:tiny` clusters a tiny run for sdr256:tiny (256 leaves): give it at least ~10k examples
 (e.g. --config.data.dataset=mosaic); the 1.5k of mosaic/small leave some leaves empty.
 """
-import ml_collections
-
-from sdr_jax.cluster import clustering
+from sdr_jax.config_base import cluster_config
 
 
 def get_config(arg: str | None = None):
     if arg not in (None, "", "tiny"):
         raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     tiny = arg == "tiny"
-    config = ml_collections.ConfigDict()
-    config.pretrain_workdir = ""           # --workdir of the SimSiam run (required)
-    config.sdr_config = "configs/sdr256.py:tiny" if tiny else "configs/sdr256.py"
-    config.data = ml_collections.ConfigDict()
-    config.data.dataset = ""               # '' = the dataset/split/data_dir the run trained on
-    config.data.split = ""
-    config.data.data_dir = ""
-    config.extract = ml_collections.ConfigDict()
-    config.extract.batch_size = 64 if tiny else 1024
-    config.cluster = clustering.get_config()  # 4096 per batch, 5 epochs per level (SwAV-like)
+    config = cluster_config(
+        sdr_config="configs/sdr256.py:tiny" if tiny else "configs/sdr256.py",
+        extract_batch_size=64 if tiny else 1024, images_per_cluster=6 if tiny else 12)
+    # clustering defaults: 4096 per batch, 5 epochs per level (SwAV-like)
     if tiny:
         config.cluster.batch_size = 256
         config.cluster.epochs = 2
-    config.report = ml_collections.ConfigDict()
-    config.report.images_per_cluster = 6 if tiny else 12
-    config.report.seed = 0
     return config.lock()

@@ -80,6 +80,26 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
     return config
 
 
+def cluster_config(*, sdr_config: str, extract_batch_size: int, images_per_cluster: int
+                   ) -> ConfigDict:
+    """The fields of a clustering job (launch/cluster.py); G and L come from `sdr_config`."""
+    from sdr_jax.cluster import clustering
+    config = ConfigDict()
+    config.pretrain_workdir = ""           # --workdir of the SimSiam run (required)
+    config.sdr_config = sdr_config         # the SDR config file the clusters are for
+    config.data = ConfigDict()
+    config.data.dataset = ""               # '' = the dataset/split/data_dir the run trained on
+    config.data.split = ""
+    config.data.data_dir = ""
+    config.extract = ConfigDict()
+    config.extract.batch_size = extract_batch_size
+    config.cluster = clustering.get_config()
+    config.report = ConfigDict()
+    config.report.images_per_cluster = images_per_cluster
+    config.report.seed = 0
+    return config
+
+
 def use_mosaic_recipe(config: ConfigDict) -> ConfigDict:
     """The CPU-sized schedule for the embedded 32x32 pool, shared by SimSiam and SDR configs."""
     from sdr_jax.data.datasets import TASKS
