@@ -13,7 +13,8 @@ Default sizes (37 minutes measured on 2 shared CPU cores before the SDR step got
 about 15 minutes expected on 2 free cores): SimSiam 160 steps of 256 images
 (~1 epoch of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 100 steps of 128
 images for the SDRnet + 4 paths x 32 for the sub-nets (20 steps per progressive stage), routing
-of the 16 paths on the 6 tasks with 1000 memory / 500 query images each (BN recalibrated on 512).
+of the 16 paths on the 6 tasks, each path selected on 250 held-out train images with 1000
+memory images and scored on all the task's test images (up to 1000; BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
 whole chain in about a minute on `mosaic/small` (two tasks).
 """
@@ -48,7 +49,7 @@ def get_config(arg: str | None = None):
         config.sdr.train.num_steps = 100
         config.sdr.optim.batch_size = 128
         config.sdr.sdr.subnet_batch_size = 32
-        config.route.max_train = 1000
-        config.route.max_test = 500
+        config.route.max_train = 1250    # 250 routing-validation + 1000 memory images
+        config.route.max_test = 0        # every test image (up to 1000 per task): less noise
         config.route.bn_recal_images = 512
     return config.lock()

@@ -18,14 +18,19 @@ resume from their latest checkpoint and the cluster job skips the parts it alrea
 trainer stopped early (`train.max_steps_per_run`, preemption) stops the pipeline; the next run
 continues from there. Output made with another config is an error, never silently reused.
 
-One kNN protocol for all three accuracy columns, the routing config's (`config.route`): the
-memory is the first `max_train` images of the task's train split, the queries its first
-`max_test` test images, k = `knn_k`, temperature `knn_temperature`, and BN per `bn` (default
-'recalibrate': the statistics of every network are re-estimated on the same `bn_recal_images`
-train images). The SimSiam column is `evaluate` of the SimSiam run, the SDRnet and routed
-columns come from `route` (the SDRnet = all groups; routed = the best of the G**L paths, chosen
-by that same kNN accuracy on those same queries, as SDR's routing does, so it is the maximum
-over the paths, an optimistic estimate of a sub-net picked without the test labels).
+One protocol for every column, the routing config's (`config.route`, `eval/protocol.py`): the
+task's first `max_train` train images are split by a seeded permutation of their ids
+(`split_seed`) into a routing-validation part (`val_fraction`) and the kNN memory (the rest);
+the queries are the first `max_test` test images (0 = all); k = `knn_k`, T = `knn_temperature`,
+BN per `bn` (default 'recalibrate': every network's statistics re-estimated on the same
+`bn_recal_images` train images). Columns, all scored once on the test queries with that memory:
+raw pixels and a randomly initialised network of the run's architecture (what "learned
+nothing" scores), SimSiam (`evaluate` of the SimSiam run), the SDRnet (all groups), the routed
+sub-net (the path with the best kNN accuracy on the validation part: chosen without the test
+labels) and the oracle (the best path on the test queries: a maximum over noisy estimates,
+biased upward; a reference, not a result). Every cell carries its 95% interval and, against
+SimSiam, a marker saying whether the difference is within noise; the linear probe (weight decay
+chosen on the validation part) sits beside kNN for SimSiam, random init, SDRnet and routed.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from sdr_jax import models, route as route_lib
 from sdr_jax.cluster import job as cluster_job
 from sdr_jax.config_base import load_config_file
 from sdr_jax.errors import ConfigError, SDRError
-from sdr_jax.eval import downstream
+from sdr_jax.eval import downstream, protocol
 from sdr_jax.train import simsiam as simsiam_trainer
 from sdr_jax.train import sdr as sdr_trainer
 
@@ -112,7 +117,7 @@ def check_config(config: ConfigDict) -> None:
             f"L={trained.num_blocks}: the clusters must be made for the SDRnet that is trained.")
     if not config.tasks:
         raise ConfigError("config.tasks is empty: name the downstream tasks to route.")
-    route_lib.check_bn_mode(config.route.bn)
+    protocol.check_config(config.route)
 
 
 def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dict[str, Any]:
@@ -187,7 +192,7 @@ def _route_tasks(config: ConfigDict, sdr_workdir: str, task_names) -> bool:
         ranking = _read_json(os.path.join(sdr_workdir, "route", task, "ranking.json"))
         if ranking is not None:
             _check_protocol(ranking, config, f"{sdr_workdir}/route/{task}")
-            print(f"   {task}: routed already (best path {ranking['best']['path']})", flush=True)
+            print(f"   {task}: routed already (path {ranking['routed']['path']})", flush=True)
             continue
         route_lib.route(config, sdr_workdir, task)
     return True
@@ -200,26 +205,33 @@ def _baselines(config: ConfigDict, simsiam_workdir: str, out_dir: str, task_name
         done = _read_json(path)
         if done is not None:
             _check_protocol(done, config, path)
-            print(f"   {task}: evaluated already (kNN {done['knn']:.4f})", flush=True)
+            print(f"   {task}: evaluated already (kNN "
+                  f"{done['knn']['test']['accuracy']:.4f})", flush=True)
             continue
-        result = downstream.evaluate(config, simsiam_workdir, task)
+        # The raw-pixel and random-init baselines come from routing, on the same split.
+        result = downstream.evaluate(config, simsiam_workdir, task, baselines=False)
         if lead:
-            _write_atomic(path, json.dumps({**result, **_protocol(config)}, indent=1))
+            _write_atomic(path, json.dumps(result, indent=1))
     return True
 
 
 # -- the summary -------------------------------------------------------------------------------
 
-def _protocol(config: ConfigDict) -> dict[str, Any]:
-    return {"bn": config.bn, "knn_k": config.knn_k, "knn_temperature": config.knn_temperature}
-
-
 def _check_protocol(done: dict, config: ConfigDict, where: str) -> None:
-    want = _protocol(config)
-    got = {key: done.get(key) for key in want}
+    """A result made with another protocol (split, k, T, BN, probe sweep, ...) is refused."""
+    want, got = protocol.describe(config), done.get("protocol")
     if got != want:
-        raise PipelineError(f"{where} was made with another kNN protocol ({got} there, {want} "
-                            "now); delete it or use a new --workdir.")
+        changed = sorted(k for k in want if (got or {}).get(k) != want[k])
+        raise PipelineError(f"{where} was made with another evaluation protocol ({changed} "
+                            "differ); delete it or use a new --workdir.")
+
+
+# Columns of the summary, in table order: (key, header). All kNN on the test queries.
+KNN_COLUMNS = (("pixels", "pixels"), ("random_init", "random"), ("simsiam", "SimSiam"),
+               ("sdrnet", "SDRnet"), ("routed", "routed"), ("oracle", "oracle"))
+LINEAR_COLUMNS = (("random_init", "random"), ("simsiam", "SimSiam"), ("sdrnet", "SDRnet"),
+                  ("routed", "routed"))
+REFERENCE = "simsiam"  # the column every other is marked against
 
 
 def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
@@ -231,41 +243,69 @@ def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
         baseline = _read_json(os.path.join(dirs["baseline"], f"{task}.json"))
         if ranking is None or baseline is None:
             raise PipelineError(f"task {task} has no routing or baseline result yet.")
-        for got, name in ((ranking["num_train"], "memory"), (ranking["num_test"], "queries")):
-            want = baseline["num_train" if name == "memory" else "num_test"]
-            if got != want:  # both read the same splits with the same caps: must agree
-                raise PipelineError(f"task {task}: {got} {name} images for routing but {want} "
-                                    "for the SimSiam baseline; the kNN protocols differ.")
-        tasks[task] = {"simsiam": baseline["knn"], "sdrnet": ranking["sdrnet"]["accuracy"],
-                       "routed": ranking["best"]["accuracy"], "path": ranking["best"]["path"],
-                       "path_index": ranking["best"]["index"], "num_paths": ranking["num_paths"],
-                       "num_train": ranking["num_train"], "num_test": ranking["num_test"],
-                       "simsiam_linear": baseline["linear"]}
+        for key in ("num_validation", "num_memory", "num_test"):
+            if ranking["split"][key] != baseline["split"][key]:  # one split: must agree
+                raise PipelineError(f"task {task}: {key} is {ranking['split'][key]} for routing "
+                                    f"but {baseline['split'][key]} for the SimSiam baseline; "
+                                    "the protocols differ.")
+        scores = {**{key: ranking[key] for key in ("pixels", "random_init", "sdrnet", "routed",
+                                                   "oracle")}, "simsiam": baseline}
+        tasks[task] = {
+            "knn": {key: scores[key]["knn"]["test"] for key, _ in KNN_COLUMNS},
+            "linear": {key: scores[key]["linear"]["test"] for key, _ in LINEAR_COLUMNS},
+            "routed_validation": ranking["routed"]["knn"]["validation"],
+            "path": ranking["routed"]["path"], "path_index": ranking["routed"]["index"],
+            "oracle_path": ranking["oracle"]["path"], "oracle_index": ranking["oracle"]["index"],
+            "num_paths": ranking["num_paths"], "composition": ranking["composition"],
+            **{key: ranking["split"][key] for key in ("num_validation", "num_memory",
+                                                      "num_test")}}
         pictures[f"route/{task}"] = os.path.join(dirs["route"], task, "accuracy_hist.png")
-    protocol = {**_protocol(route_config), "max_train": route_config.max_train,
-                "max_test": route_config.max_test, "bn_recal_images": route_config.bn_recal_images}
-    return {"tasks": tasks, "protocol": protocol, "seconds": dict(seconds), "pictures": pictures}
+    mean = {kind: {key: protocol.mean_cell([row[kind][key] for row in tasks.values()])
+                   for key, _ in columns}
+            for kind, columns in (("knn", KNN_COLUMNS), ("linear", LINEAR_COLUMNS))} \
+        if tasks else {}
+    return {"tasks": tasks, "mean": mean, "protocol": protocol.describe(route_config),
+            "seconds": dict(seconds), "pictures": pictures}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    tasks = summary["tasks"]
+    tasks, mean, p = summary["tasks"], summary["mean"], summary["protocol"]
     width = max(8, *(len(t) for t in tasks))
-    lines = [f"{'task':<{width}}  {'SimSiam':>8}  {'SDRnet':>8}  {'routed':>8}  path (index)",
-             f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 8}  ------------"]
+    cell = 20
+
+    def table(kind: str, columns) -> list[str]:
+        lines = [f"{'task':<{width}}  " + "  ".join(f"{h:>{cell}}" for _, h in columns),
+                 f"{'-' * width}  " + "  ".join("-" * cell for _ in columns)]
+        rows = [(name, row[kind]) for name, row in tasks.items()]
+        rows += [("mean", mean[kind])] if mean else []
+        for name, cells in rows:
+            lines.append(f"{name:<{width}}  " + "  ".join(
+                f"{protocol.format_cell(cells[key], cells[REFERENCE]):>{cell}}"
+                for key, _ in columns))
+        return lines
+
+    lines = ["kNN top-1 on the test queries:"] + table("knn", KNN_COLUMNS)
+    lines += ["", "linear probe on the test queries (weight decay chosen on validation):"]
+    lines += table("linear", LINEAR_COLUMNS)
+    lines += ["", "routed path (chosen on validation) vs oracle (best on test), and what the "
+              "routed leaf trained on:"]
     for name, row in tasks.items():
-        path = ",".join(str(p) for p in row["path"])
-        lines.append(f"{name:<{width}}  {100 * row['simsiam']:7.2f}%  {100 * row['sdrnet']:7.2f}%"
-                     f"  {100 * row['routed']:7.2f}%  {path} ({row['path_index']} of "
-                     f"{row['num_paths']})")
-    if tasks:
-        means = {k: sum(r[k] for r in tasks.values()) / len(tasks)
-                 for k in ("simsiam", "sdrnet", "routed")}
-        lines.append(f"{'mean':<{width}}  {100 * means['simsiam']:7.2f}%  "
-                     f"{100 * means['sdrnet']:7.2f}%  {100 * means['routed']:7.2f}%")
-    p = summary["protocol"]
-    lines += ["", f"kNN top-1 (k={p['knn_k']}, T={p['knn_temperature']}, bn={p['bn']}), memory: "
-              f"first {p['max_train'] or 'all'} train images, queries: first "
-              f"{p['max_test'] or 'all'} test images; routed = best path on those queries.",
+        path = ",".join(str(x) for x in row["path"])
+        oracle = ",".join(str(x) for x in row["oracle_path"])
+        lines.append(f"{name:<{width}}  {path} ({row['path_index']} of {row['num_paths']}, "
+                     f"validation {100 * row['routed_validation']['accuracy']:.2f}%), oracle "
+                     f"{oracle} ({row['oracle_index']}); "
+                     f"{route_lib.format_composition(row['composition'])}")
+    sizes = "; ".join(f"{name} {row['num_validation']}/{row['num_memory']}/{row['num_test']}"
+                      for name, row in tasks.items())
+    lines += ["", protocol.NOISE_LEGEND + ".",
+              f"Protocol: k={p['knn_k']}, T={p['knn_temperature']}, bn={p['bn']}; train capped "
+              f"at {p['max_train'] or 'all'} images, split by seed {p['split_seed']} into "
+              f"validation ({p['val_fraction']:g}) and memory; queries: "
+              f"{p['max_test'] or 'all'} test images. validation/memory/test per task: {sizes}.",
+              "pixels = raw pixels (memory-mean centred); random = the architecture at its "
+              f"seed-{p['random_init_seed']} init; routed = best path on validation; oracle = "
+              "best path on test (optimistic, a reference only).",
               "wall time per stage (s): " + ", ".join(
                   f"{stage} {s:.1f}" for stage, s in summary["seconds"].items())
               + f"; total {sum(summary['seconds'].values()):.1f}"]

@@ -10,8 +10,15 @@ BN statistics (`config.bn`, the same choice for routing, export and evaluation):
     so the recalibration is a tree too: one train-mode pass per level and batch.
   * 'running': the SDRnet's shared running statistics (a blend over the paths it trained).
 
-Outputs in `<out or workdir>/route/<task>/`: `ranking.txt`, `ranking.json`,
-`accuracy_hist.png` and the best sub-net exported compactly in `best_subnet/`:
+Selection (`eval/protocol.py`): every path is scored by kNN on the task's routing-validation
+split (held-out train images; memory = the rest of train); the routed sub-net is the argmax of
+those scores (ties: the lower index), then scored once on the test queries next to the raw-pixel,
+random-init and SDRnet baselines. The best path *on test* is kept only as the `oracle` column (a
+maximum over noisy estimates, biased upward).
+
+Outputs in `<out or workdir>/route/<task>/`: `ranking.txt`, `ranking.json` (every column with
+its 95% interval, the protocol, the split's ids, the routed leaf's domain composition),
+`accuracy_hist.png` and the routed sub-net exported compactly in `best_subnet/`:
 
     model, variables = sdr_jax.route.load_exported(".../route/<task>/best_subnet")
     feature = model.apply(variables, images_uint8_nhwc, None, False)["feature"]
@@ -31,14 +38,15 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdr_jax.data import pipeline, tasks
+from sdr_jax.cluster import assignments as assignments_lib
+from sdr_jax.data import datasets, mosaic, pipeline, tasks
 from sdr_jax.errors import CheckpointError, ConfigError
+from sdr_jax.eval import protocol
 from sdr_jax.eval.knn import knn_accuracy
 from sdr_jax.models import build_model, export, path_spec, resnet
 from sdr_jax.models.simsiam import SimSiam
 from sdr_jax.train import checkpoint, mesh as mesh_lib
 
-BN_MODES = ("recalibrate", "running")
 EXPORT_DIR = "best_subnet"
 _MODEL_FILE, _VARIABLES_FILE = "model.json", "variables.npz"
 _BLOCKS = {"BasicBlock": resnet.BasicBlock, "Bottleneck": resnet.Bottleneck}
@@ -198,23 +206,14 @@ def _num_batches(source, batch_size: int, limit: int) -> int:
     return -(-n // batch_size)
 
 
-def recal_batches(source, *, batch_size: int, image_size: int, num_images: int) -> list[np.ndarray]:
-    """The first full batches of `source` (up to `num_images` images) for BN recalibration."""
-    out = []
-    for batch in pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
-        if not batch["mask"].all() or (len(out) + 1) * batch_size > max(num_images, batch_size):
-            break
-        out.append(batch["image"])
-    return out
-
-
 def _tree_features(tree: PathTree, batches: Iterable[dict], total: int, desc: str):
-    feats, labels = [], []
+    """(features (P, n, C) of every path, ids (n,)) of the real examples of `batches`."""
+    feats, ids = [], []
     for batch in tqdm(batches, total=total, desc=desc, file=sys.stderr, leave=False):
         mask = batch["mask"]
         feats.append(tree.features(batch["image"])[:, mask])
-        labels.append(batch["label"][mask])
-    return np.concatenate(feats, axis=1), np.concatenate(labels)
+        ids.append(batch["id"][mask])
+    return np.concatenate(feats, axis=1), np.concatenate(ids)
 
 
 def path_accuracies(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
@@ -288,112 +287,164 @@ def backbone_cost(model: SimSiam, variables: dict, image_size: int, path: Any) -
 
 # -- the routing job -----------------------------------------------------------------------------
 
-def check_bn_mode(mode: str) -> None:
-    if mode not in BN_MODES:
-        raise ConfigError(f"bn must be one of {BN_MODES}, got {mode!r}.")
-
-
 def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] = None) -> dict:
-    """Ranks every path of the SDRnet in `workdir` by kNN accuracy on `task_name`; writes the
-    table, ranking.json, the histogram and the best sub-net to `<out or workdir>/route/<task>/`."""
-    check_bn_mode(config.bn)
+    """Ranks every path of the SDRnet in `workdir` on `task_name` by kNN accuracy on the
+    routing-validation split, deploys the best (the routed sub-net) and scores it once on test
+    next to the baselines (`eval/protocol.py`); writes the table, ranking.json, the histogram
+    and the routed sub-net to `<out or workdir>/route/<task>/`."""
+    protocol.check_config(config)
     tasks.get_task(task_name)  # an unknown task fails before anything is loaded
     run_config, variables, step = checkpoint.load_run(workdir)
     model_cfg = run_config.model
     if model_cfg.sdr.num_groups == 0:
         raise ConfigError(f"{workdir} holds a plain SimSiam run (model.sdr.num_groups=0): it has "
                           "one path, nothing to route; use launch/evaluate.py.")
-    task = tasks.get_task(task_name)
-    if getattr(task, "multi_label", False):
-        raise ConfigError(f"task {task_name} is multi-label; kNN routing needs one label per "
-                          "image.")
     data_dir = config.data_dir or run_config.data.data_dir or None
-    train_src, test_src, task = tasks.open_task(task_name, data_dir,
-                                                pool_dataset=run_config.data.dataset)
     image_size = config.image_size or run_config.data.image_size
+    mesh = mesh_lib.make_data_mesh()
+    evaluation = protocol.Evaluation(config, task_name, data_dir=data_dir,
+                                     pool_dataset=run_config.data.dataset,
+                                     image_size=image_size, mesh=mesh)
+    data = evaluation.data
     model = build_model(model_cfg)
     spec = path_spec(model_cfg)
-    tree = PathTree(model, variables, mesh_lib.make_data_mesh())
-
+    tree = PathTree(model, variables, mesh)
+    if evaluation.recal:
+        tree.recalibrate(evaluation.recal, progress=True)
     bs = config.batch_size
-    recal = recal_batches(train_src, batch_size=bs, image_size=image_size,
-                          num_images=config.bn_recal_images) if config.bn == "recalibrate" else []
-    if config.bn == "recalibrate":
-        tree.recalibrate(recal, progress=True)
-    train_feats, train_labels = _tree_features(
-        tree, _limited_batches(train_src, batch_size=bs, image_size=image_size,
-                               limit=config.max_train),
-        _num_batches(train_src, bs, config.max_train), f"{spec.num_paths} paths: train")
-    test_feats, test_labels = _tree_features(
-        tree, _limited_batches(test_src, batch_size=bs, image_size=image_size,
-                               limit=config.max_test),
-        _num_batches(test_src, bs, config.max_test), f"{spec.num_paths} paths: test")
-    knn = dict(num_classes=task.num_classes, k=config.knn_k, temperature=config.knn_temperature)
-    accuracies = path_accuracies(train_feats, train_labels, test_feats, test_labels, **knn)
-
-    def deployed(path):  # the variables a deployed network on `path` uses
-        return export.recalibrate_bn(model, variables, path, recal) if recal else variables
-
+    feats = {}
+    for name, src, limit in (("train", evaluation.train_src, config.max_train),
+                             ("test", evaluation.test_src, config.max_test)):
+        feats[name], feats[f"{name}_ids"] = _tree_features(
+            tree, _limited_batches(src, batch_size=bs, image_size=image_size, limit=limit),
+            _num_batches(src, bs, limit), f"{spec.num_paths} paths: {name}")
+    data.check_same(feats["train_ids"], feats["test_ids"])
+    path_scores = [protocol.knn_scores(feats["train"][i], feats["test"][i], data, config)
+                   for i in range(spec.num_paths)]
+    validation = np.array([s["validation"]["accuracy"] for s in path_scores])
+    test = np.array([s["test"]["accuracy"] for s in path_scores])
+    selected = protocol.select(validation)   # the routed sub-net: chosen without test labels
+    oracle = protocol.select(test)           # best on the test queries: optimistic, reference only
     full = spec.full_path()
-    full_vars = deployed(full)
-    sdrnet_fn = _forward_fn(model)
-    sdrnet_feats = [np.concatenate([np.asarray(sdrnet_fn(full_vars, b["image"], full))[b["mask"]]
-                                    for b in _limited_batches(src, batch_size=bs,
-                                                              image_size=image_size, limit=limit)])
-                    for src, limit in ((train_src, config.max_train), (test_src, config.max_test))]
-    sdrnet_acc = knn_accuracy(sdrnet_feats[0], train_labels, sdrnet_feats[1], test_labels, **knn)
+    columns = {
+        "pixels": evaluation.pixels(),
+        "random_init": evaluation.random_init(model, full, linear=True),
+        "sdrnet": evaluation.network(model, variables, full, linear=True),
+        "routed": {"index": selected, "path": spec.index_to_path(selected).tolist(),
+                   "selected_on": "validation",
+                   **evaluation.scores(feats["train"][selected], feats["test"][selected],
+                                       linear=True)},
+        "oracle": {"index": oracle, "path": spec.index_to_path(oracle).tolist(),
+                   "selected_on": "test", "knn": path_scores[oracle], "linear": None},
+    }
 
-    order = np.argsort(-accuracies, kind="stable")  # ties: the lower index first
-    best = spec.index_to_path(order[0])
-    compact, compact_vars = export.export_subnet(model_cfg, deployed(best), best)
+    best = spec.index_to_path(selected)
+    compact, compact_vars = export.export_subnet(
+        model_cfg, evaluation.deployed_variables(model, variables, best), best)
     sub_params, sub_flops = backbone_cost(compact, compact_vars, image_size, None)
     net_params, net_flops = backbone_cost(model, variables, image_size, jnp.asarray(full))
+    columns["sdrnet"].update(params=net_params, flops=net_flops)
     all_paths = spec.all_paths()
+    order = np.argsort(-validation, kind="stable")  # the routing order; ties: the lower index
     ranking = {
         "task": task_name, "workdir": os.path.abspath(workdir), "step": int(step),
-        "bn": config.bn, "knn_k": config.knn_k, "knn_temperature": config.knn_temperature,
-        "num_train": int(len(train_labels)), "num_test": int(len(test_labels)),
-        "num_paths": spec.num_paths, "sdrnet": {"accuracy": sdrnet_acc, "params": net_params,
-                                                "flops": net_flops},
+        "protocol": protocol.describe(config), "split": data.audit(config),
+        "num_paths": spec.num_paths, **columns,
         # Every full path has the same widths, so one sub-net's cost stands for all of them.
         "subnet_params": sub_params, "subnet_flops": sub_flops,
-        "best": {"index": int(order[0]), "path": best.tolist(),
-                 "accuracy": float(accuracies[order[0]])},
+        "composition": subset_composition(run_config, selected, task_name),
         "paths": [{"rank": r + 1, "index": int(i), "path": all_paths[i].tolist(),
-                   "accuracy": float(accuracies[i])} for r, i in enumerate(order)],
+                   "validation": path_scores[i]["validation"]["accuracy"],
+                   "test": path_scores[i]["test"]} for r, i in enumerate(order)],
     }
-    meta = {"task": task_name, "path": best.tolist(), "index": int(order[0]),
+    meta = {"task": task_name, "path": best.tolist(), "index": selected,
+            "selected_on": "validation", "protocol": protocol.describe(config),
             "source_workdir": os.path.abspath(workdir), "step": int(step), "bn": config.bn,
             "image_size": image_size, "pool_dataset": run_config.data.dataset,
             "data_dir": data_dir or "", "model_config": json.loads(model_cfg.to_json())}
     target = os.path.join(out or workdir, "route", task_name)
-    _write_atomically(target, lambda d: _write_outputs(d, ranking, accuracies, compact,
+    _write_atomically(target, lambda d: _write_outputs(d, ranking, test, compact,
                                                        compact_vars, meta))
     ranking["out_dir"] = target
     print(format_table(ranking, top=10), flush=True)
     return ranking
 
 
+def subset_composition(run_config: ConfigDict, index: int, task_name: str) -> dict:
+    """Why this path: the pool domains of the images its leaf cluster trained on.
+
+    Read from the run's assignments file (`sdr.assignments`); mosaic ids encode the domain
+    (`id // mosaic.ID_STRIDE`). Says why when it cannot be told instead of failing.
+    """
+    file = run_config.sdr.get("assignments", "") if "sdr" in run_config else ""
+    if not file or not os.path.isfile(file):
+        where = file or "sdr.assignments is empty"
+        return {"available": False, "reason": f"no assignments file ({where})"}
+    if datasets.parse_name(run_config.data.dataset)[0] != datasets.MOSAIC:
+        return {"available": False, "reason": f"the ids of {run_config.data.dataset} do not "
+                                              "encode a domain"}
+    leaf = assignments_lib.load(file)
+    ids = np.asarray(leaf.ids)[leaf.leaves == index].astype(np.int64)
+    counts = np.bincount(ids // mosaic.ID_STRIDE, minlength=len(mosaic.DOMAIN_NAMES))
+    shares = {name: float(c / max(len(ids), 1)) for name, c in zip(mosaic.DOMAIN_NAMES, counts)
+              if c or name == task_name}
+    return {"available": True, "assignments": file, "leaf": int(index),
+            "num_images": int(len(ids)), "shares": shares,
+            "task_domain": task_name if task_name in mosaic.DOMAIN_NAMES else None,
+            "task_domain_share": shares.get(task_name)}
+
+
+def format_composition(composition: dict) -> str:
+    if not composition["available"]:
+        return f"leaf composition unknown: {composition['reason']}"
+    shares = sorted(composition["shares"].items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares if share)
+    own = composition["task_domain"]
+    tail = (f"; task domain {own}: {100 * composition['task_domain_share']:.0f}%" if own
+            else "; the task's domain is not in the pool")
+    return f"leaf {composition['leaf']} ({composition['num_images']} images): {text}{tail}"
+
+
 def format_table(ranking: dict, top: Optional[int] = None) -> str:
+    """The columns of one task (test queries), then the paths in routing order."""
+    routed, oracle, split = ranking["routed"], ranking["oracle"], ranking["split"]
     rows = ranking["paths"][:top] if top else ranking["paths"]
-    lines = [f"task {ranking['task']}: {ranking['num_paths']} paths, bn={ranking['bn']}, "
-             f"SDRnet kNN {ranking['sdrnet']['accuracy']:.4f} "
-             f"({ranking['sdrnet']['params']} params, {ranking['sdrnet']['flops']:.3g} FLOPs)",
-             f"{'rank':>4}  {'path':<20} {'index':>5}  {'kNN acc':>7}  {'params':>9}  {'FLOPs':>9}"]
+
+    def linear(column):
+        lin = ranking[column]["linear"]
+        return f"  linear {protocol.format_cell(lin['test'])} (wd {lin['weight_decay']:g})" \
+            if lin else ""
+
+    lines = [f"task {ranking['task']}: {ranking['num_paths']} paths, bn={ranking['protocol']['bn']}; "
+             f"path selected on {split['num_validation']} validation images (memory "
+             f"{split['num_memory']}), scored on {split['num_test']} test queries",
+             f"kNN top-1 on test, % [95% Wilson interval]:"]
+    for column, label in (("pixels", "raw pixels"), ("random_init", "random init"),
+                          ("sdrnet", "SDRnet"), ("routed", "routed"),
+                          ("oracle", "oracle (best on test)")):
+        path = (f"  path {','.join(map(str, ranking[column]['path']))} "
+                f"(index {ranking[column]['index']})" if "path" in ranking[column] else "")
+        lines.append(f"  {label:<22}{protocol.format_cell(ranking[column]['knn']['test'])}"
+                     f"{linear(column)}{path}")
+    lines += [f"  SDRnet: {ranking['sdrnet']['params']} params, "
+              f"{ranking['sdrnet']['flops']:.3g} FLOPs; every sub-net: "
+              f"{ranking['subnet_params']} params, {ranking['subnet_flops']:.3g} FLOPs",
+              f"  routed {format_composition(ranking['composition'])}",
+              f"{'rank':>4}  {'path':<20} {'index':>5}  {'val kNN':>7}  {'test kNN':>8}"]
     for row in rows:
         path = ",".join(str(p) for p in row["path"])
-        lines.append(f"{row['rank']:>4}  {path:<20} {row['index']:>5}  {row['accuracy']:>7.4f}  "
-                     f"{ranking['subnet_params']:>9}  {ranking['subnet_flops']:>9.3g}")
+        lines.append(f"{row['rank']:>4}  {path:<20} {row['index']:>5}  "
+                     f"{row['validation']:>7.4f}  {row['test']['accuracy']:>8.4f}")
     return "\n".join(lines)
 
 
-def _write_outputs(directory: str, ranking: dict, accuracies: np.ndarray, compact: SimSiam,
-                   compact_vars: dict, meta: dict) -> None:
+def _write_outputs(directory: str, ranking: dict, test_accuracies: np.ndarray,
+                   compact: SimSiam, compact_vars: dict, meta: dict) -> None:
     with open(os.path.join(directory, "ranking.json"), "w") as f:
-        json.dump(ranking, f, indent=2)
+        json.dump(ranking, f, indent=1)
     with open(os.path.join(directory, "ranking.txt"), "w") as f:
         f.write(format_table(ranking) + "\n")
-    _histogram(os.path.join(directory, "accuracy_hist.png"), accuracies, ranking)
+    _histogram(os.path.join(directory, "accuracy_hist.png"), test_accuracies, ranking)
     save_exported(os.path.join(directory, EXPORT_DIR), compact, compact_vars, meta)
 
 
@@ -404,12 +455,17 @@ def _histogram(filename: str, accuracies: np.ndarray, ranking: dict) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(accuracies, bins=min(30, max(5, len(accuracies) // 4)), color="tab:blue", alpha=0.8,
             label=f"{len(accuracies)} sub-nets")
-    ax.axvline(ranking["sdrnet"]["accuracy"], color="tab:red", linestyle="--", label="SDRnet")
-    ax.axvline(ranking["best"]["accuracy"], color="tab:green", label="best sub-net")
-    ax.set_xlabel("kNN accuracy")
+    for column, style, label in (("sdrnet", dict(color="tab:red", linestyle="--"), "SDRnet"),
+                                 ("routed", dict(color="tab:green"), "routed (validation)"),
+                                 ("oracle", dict(color="tab:gray", linestyle=":"),
+                                  "oracle (best on test)"),
+                                 ("random_init", dict(color="black", linestyle="-."),
+                                  "random init")):
+        ax.axvline(ranking[column]["knn"]["test"]["accuracy"], label=label, **style)
+    ax.set_xlabel("kNN accuracy on the test queries")
     ax.set_ylabel("paths")
-    ax.set_title(f"routing on {ranking['task']} (bn={ranking['bn']})")
-    ax.legend()
+    ax.set_title(f"routing on {ranking['task']} (bn={ranking['protocol']['bn']})")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(filename, dpi=100)
     plt.close(fig)

@@ -163,12 +163,33 @@ def test_route_and_evaluate_cli_end_to_end(small_mosaic_dir, tmp_path):
                                           "ranking.txt"]
     ranking = json.load(open(os.path.join(result, "ranking.json")))
     assert len(ranking["paths"]) == 16 and ranking["paths"][0] | {"rank": 1} == ranking["paths"][0]
-    accs = [row["accuracy"] for row in ranking["paths"]]
-    assert accs == sorted(accs, reverse=True) and ranking["best"]["accuracy"] == accs[0]
+    by_index = sorted(ranking["paths"], key=lambda row: row["index"])
+    validation = [row["validation"] for row in by_index]
+    test = [row["test"]["accuracy"] for row in by_index]
+    # Routing order = validation accuracy; the routed path = its argmax (ties: lower index).
+    assert [row["validation"] for row in ranking["paths"]] == sorted(validation, reverse=True)
+    assert ranking["routed"]["index"] == int(np.argmax(validation))
+    assert ranking["routed"]["knn"]["test"] == by_index[ranking["routed"]["index"]]["test"]
+    # The oracle = the old behaviour: the best path on the test queries.
+    assert ranking["oracle"]["index"] == int(np.argmax(test))
+    assert ranking["oracle"]["knn"]["test"]["accuracy"] == max(test)
+    # Validation, memory and test are disjoint by id; validation + memory = the capped train.
+    split = ranking["split"]
+    val, mem, tst = (set(split[f"{k}_ids"]) for k in ("validation", "memory", "test"))
+    assert not (val & mem) and not (val & tst) and not (mem & tst)
+    assert len(val) == split["num_validation"] > 0 and len(mem) == split["num_memory"] > 0
+    assert len(val) + len(mem) == min(128, len(val) + len(mem))  # tiny: max_train=128
+    for column in ("pixels", "random_init", "sdrnet", "routed", "oracle"):
+        cell = ranking[column]["knn"]["test"]
+        assert cell["low"] <= cell["accuracy"] <= cell["high"] and cell["n"] == len(tst)
+    assert ranking["routed"]["linear"]["weight_decay"] in (1e-4, 1e-2)
+    # No assignments file in this run: the composition says so instead of failing.
+    assert ranking["composition"]["available"] is False
     assert ranking["subnet_params"] < ranking["sdrnet"]["params"]
 
     evaluated = _run("evaluate.py", "--config=configs/route.py:tiny", "--task=mnist",
                      f"--workdir={os.path.join(result, 'best_subnet')}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     knn = float(evaluated.stdout.split("kNN ")[1].split()[0])
-    assert knn == pytest.approx(ranking["best"]["accuracy"], abs=1e-4)
+    assert knn == pytest.approx(100 * ranking["routed"]["knn"]["test"]["accuracy"], abs=1e-2)
+    assert "raw pixels" in evaluated.stdout and "random init" in evaluated.stdout

@@ -2,9 +2,11 @@
 sub-net with its baselines: an exported sub-net (route's best_subnet/), the SDRnet (all
 groups) or one of its paths, or a plain SimSiam run.
 
-BN statistics follow `config.bn` as in routing: a training run's path is recalibrated on the
-task's train images ('recalibrate') or uses the running statistics ('running'); an exported
-sub-net already carries the statistics it was exported with.
+Every score follows the protocol of `eval/protocol.py` (the routing's split: memory = train
+minus the routing-validation part, queries = the test split); the raw-pixel and random-init
+baselines come with it. BN statistics follow `config.bn` as in routing: a training run's
+path is recalibrated on the task's train images ('recalibrate') or uses the running statistics
+('running'); an exported sub-net already carries the statistics it was exported with.
 """
 from __future__ import annotations
 
@@ -17,10 +19,8 @@ from ml_collections import ConfigDict
 from sdr_jax import paths, route
 from sdr_jax.data import tasks
 from sdr_jax.errors import ConfigError
-from sdr_jax.eval import features as features_lib
-from sdr_jax.eval.knn import knn_accuracy
-from sdr_jax.eval.linear import linear_probe_accuracy
-from sdr_jax.models import build_model, export, path_spec
+from sdr_jax.eval import protocol
+from sdr_jax.models import build_model, path_spec
 from sdr_jax.train import checkpoint, mesh as mesh_lib
 
 
@@ -37,10 +37,12 @@ def parse_path(spec: paths.PathSpec, text: Optional[str]) -> np.ndarray:
         raise ConfigError(f"--path={text!r}: {str(e).splitlines()[0]}") from e
 
 
-def evaluate(config: ConfigDict, workdir: str, task_name: str,
-             path: Optional[str] = None) -> dict:
-    """{'network', 'task', 'knn', 'linear', ...} of the network in `workdir` on `task_name`."""
-    route.check_bn_mode(config.bn)
+def evaluate(config: ConfigDict, workdir: str, task_name: str, path: Optional[str] = None,
+             baselines: bool = True) -> dict:
+    """kNN and linear-probe scores of the network in `workdir` on `task_name` (protocol.py):
+    {'network', 'task', 'knn': {'validation', 'test'}, 'linear', 'split' sizes, 'protocol'}
+    plus, with `baselines`, the raw-pixel and random-init columns on the same split."""
+    protocol.check_config(config)
     tasks.get_task(task_name)
     if os.path.exists(os.path.join(workdir, "model.json")):
         if path:
@@ -63,35 +65,40 @@ def evaluate(config: ConfigDict, workdir: str, task_name: str,
         network = f"{kind} (bn={config.bn})"
         pool_dataset, data_dir = run_config.data.dataset, run_config.data.data_dir
         image_size = run_config.data.image_size
-    data_dir = config.data_dir or data_dir or None
-    image_size = config.image_size or image_size
-    train_src, test_src, task = tasks.open_task(task_name, data_dir, pool_dataset=pool_dataset)
-    if path_arr is not None and config.bn == "recalibrate":
-        batches = route.recal_batches(train_src, batch_size=config.batch_size,
-                                      image_size=image_size, num_images=config.bn_recal_images)
-        if not batches:
-            raise ConfigError("BN recalibration needs at least one full batch of train images; "
-                              "lower batch_size or use bn='running'.")
-        variables = export.recalibrate_bn(model, variables, path_arr, batches)
-
-    mesh = mesh_lib.make_data_mesh()
-    feature_fn = features_lib.jit_feature_fn(
-        lambda images: model.apply(variables, images, path_arr, False)["feature"], mesh)
-    extract = dict(batch_size=config.batch_size, image_size=image_size, mesh=mesh)
-    train_x, train_y, _ = features_lib.extract_features(
-        feature_fn, train_src, max_examples=config.max_train or None, **extract)
-    test_x, test_y, _ = features_lib.extract_features(
-        feature_fn, test_src, max_examples=config.max_test or None, **extract)
-    result = {
-        "network": network, "task": task_name, "num_train": len(train_y), "num_test": len(test_y),
-        "knn": knn_accuracy(train_x, train_y, test_x, test_y, k=config.knn_k,
-                            temperature=config.knn_temperature, num_classes=task.num_classes),
-        "linear": linear_probe_accuracy(train_x, train_y, test_x, test_y,
-                                        num_classes=task.num_classes,
-                                        num_steps=config.linear_steps,
-                                        learning_rate=config.linear_lr,
-                                        weight_decay=config.linear_weight_decay),
-    }
-    print(f"{network} on {task_name} ({result['num_train']} train / {result['num_test']} test): "
-          f"kNN {result['knn']:.4f}  linear {result['linear']:.4f}", flush=True)
+    evaluation = protocol.Evaluation(
+        config, task_name, data_dir=config.data_dir or data_dir or None,
+        pool_dataset=pool_dataset, image_size=config.image_size or image_size,
+        mesh=mesh_lib.make_data_mesh())
+    # An exported sub-net already carries the BN statistics it was routed with.
+    scores = evaluation.network(model, variables, path_arr, linear=True,
+                                recalibrate=path_arr is not None)
+    split = evaluation.data.audit(config)
+    result = {"network": network, "task": task_name, **scores,
+              "split": {key: split[key] for key in ("val_fraction", "split_seed", "num_validation",
+                                                    "num_memory", "num_test")},
+              "protocol": protocol.describe(config)}
+    if baselines:
+        result["baselines"] = {"pixels": evaluation.pixels(),
+                               "random_init": evaluation.random_init(model, path_arr,
+                                                                     linear=True)}
+    print(format_result(result), flush=True)
     return result
+
+
+def format_result(result: dict) -> str:
+    """One line per column: kNN and linear probe on the test queries, with 95% intervals."""
+    split = result["split"]
+    rows = [(result["network"], result)] + [
+        (label, result["baselines"][key]) for key, label in (("pixels", "raw pixels"),
+                                                             ("random_init", "random init"))
+        if "baselines" in result]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{result['task']}: memory {split['num_memory']}, validation "
+             f"{split['num_validation']} (seed {split['split_seed']}), test {split['num_test']}; "
+             "% [95% Wilson interval] on test"]
+    for label, scores in rows:
+        linear = scores["linear"]
+        probe = (f"  linear {protocol.format_cell(linear['test'])} (wd {linear['weight_decay']:g}"
+                 " chosen on validation)" if linear else "")
+        lines.append(f"{label:<{width}}  kNN {protocol.format_cell(scores['knn']['test'])}{probe}")
+    return "\n".join(lines)
