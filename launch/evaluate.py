@@ -1,5 +1,6 @@
 """kNN and linear-probe accuracy of an exported sub-net, an SDRnet (or one of its paths) or a
-SimSiam run on a downstream task, to compare the routed sub-net with its baselines.
+SimSiam run on a downstream task, with the raw-pixel and random-init baselines on the same split
+and 95% intervals (the protocol of sdr_jax/eval/protocol.py, the same as routing's).
 
   python launch/evaluate.py --task=mnist --workdir=runs/sdr/route/mnist/best_subnet
   python launch/evaluate.py --task=mnist --workdir=runs/sdr                 # the SDRnet

@@ -1,4 +1,5 @@
-"""Routing: kNN accuracy of every sub-net of an SDRnet run on a task, ranked; exports the best.
+"""Routing: kNN accuracy of every sub-net of an SDRnet run on a task's held-out train images
+(routing-validation), ranked; exports the best and scores it once on test next to its baselines.
 
   python launch/route.py --task=mnist --workdir=runs/sdr [--out=DIR] [--config.bn=running]
 

@@ -89,22 +89,36 @@ def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path,
     assert set(summary["seconds"]) == set(pipeline.STAGES)
     for task, row in summary["tasks"].items():
         ranking = _read(os.path.join(dirs["route"], task, "ranking.json"))
-        assert row["routed"] == ranking["best"]["accuracy"] == max(
-            p["accuracy"] for p in ranking["paths"])
-        assert row["sdrnet"] == ranking["sdrnet"]["accuracy"]
-        assert row["path"] == ranking["best"]["path"] and len(row["path"]) == 4
-        assert row["simsiam"] == _read(os.path.join(dirs["baseline"], f"{task}.json"))["knn"]
+        baseline = _read(os.path.join(dirs["baseline"], f"{task}.json"))
+        validation = {p["index"]: p["validation"] for p in ranking["paths"]}
+        # Routed = the argmax of the validation scores; oracle = the best on the test queries.
+        assert row["path_index"] == max(validation, key=lambda i: (validation[i], -i))
+        assert row["knn"]["routed"] == ranking["routed"]["knn"]["test"]
+        assert row["knn"]["oracle"]["accuracy"] == max(p["test"]["accuracy"]
+                                                       for p in ranking["paths"])
+        assert row["knn"]["sdrnet"] == ranking["sdrnet"]["knn"]["test"]
+        assert row["knn"]["simsiam"] == baseline["knn"]["test"]
+        assert row["linear"]["simsiam"] == baseline["linear"]["test"]
+        assert set(row["knn"]) == {"pixels", "random_init", "simsiam", "sdrnet", "routed",
+                                   "oracle"}
+        assert all(c["low"] <= c["accuracy"] <= c["high"] for c in row["knn"].values())
+        assert row["path"] == ranking["routed"]["path"] and len(row["path"]) == 4
+        # The pipeline's run knows its assignments file: the routed leaf's domains.
+        assert row["composition"]["available"] and row["composition"]["num_images"] > 0
         assert os.path.isfile(summary["pictures"][f"route/{task}"])
         assert os.path.isdir(os.path.join(dirs["route"], task, "best_subnet"))
+    assert set(summary["mean"]["knn"]) == set(summary["tasks"][task]["knn"])
+    assert summary["protocol"]["split_seed"] == config.route.split_seed
     assert os.path.isfile(summary["pictures"]["clusters"])
     text = open(os.path.join(workdir, "summary.txt")).read()
     assert text == pipeline.format_summary(summary) + "\n"
     assert all(task in text for task in config.tasks) and "wall time per stage" in text
+    assert "oracle" in text and "within noise" in text
 
     # One protocol: evaluate() of the SDRnet reproduces routing's SDRnet column.
     task = config.tasks[0]
-    sdrnet = downstream.evaluate(config.route, dirs["sdr"], task)
-    assert sdrnet["knn"] == pytest.approx(summary["tasks"][task]["sdrnet"], abs=1e-6)
+    sdrnet = downstream.evaluate(config.route, dirs["sdr"], task, baselines=False)
+    assert sdrnet["knn"]["test"] == summary["tasks"][task]["knn"]["sdrnet"]
 
     # 5: everything is done: nothing reruns, the same table comes out.
     ranking_file = os.path.join(dirs["route"], task, "ranking.json")
@@ -117,8 +131,11 @@ def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path,
     # Another config for a finished stage is refused, not silently mixed in.
     with pytest.raises(pipeline.PipelineError, match="another config"):
         pipeline.run(tiny_config(small_mosaic_dir, **{"simsiam.train.num_steps": 7}), workdir)
-    with pytest.raises(pipeline.PipelineError, match="another kNN protocol"):
+    with pytest.raises(pipeline.PipelineError, match="another evaluation protocol"):
         pipeline.run(tiny_config(small_mosaic_dir, **{"route.knn_k": 5}), workdir)
+    # Another routing-validation split is another protocol too.
+    with pytest.raises(pipeline.PipelineError, match=r"another evaluation protocol.*split_seed"):
+        pipeline.run(tiny_config(small_mosaic_dir, **{"route.split_seed": 1}), workdir)
 
     # The launch script on the finished run: the summary, exit 0.
     done = subprocess.run(
