@@ -386,11 +386,13 @@ def subset_composition(run_config: ConfigDict, index: int, task_name: str) -> di
     leaf = assignments_lib.load(file)
     ids = np.asarray(leaf.ids)[leaf.leaves == index].astype(np.int64)
     counts = np.bincount(ids // mosaic.ID_STRIDE, minlength=len(mosaic.DOMAIN_NAMES))
+    in_pool = {domain.name: domain.in_pool for domain in mosaic.DOMAINS}
     shares = {name: float(c / max(len(ids), 1)) for name, c in zip(mosaic.DOMAIN_NAMES, counts)
-              if c or name == task_name}
+              if c or (name == task_name and in_pool[name])}
     return {"available": True, "assignments": file, "leaf": int(index),
             "num_images": int(len(ids)), "shares": shares,
-            "task_domain": task_name if task_name in mosaic.DOMAIN_NAMES else None,
+            "task_domain": task_name if task_name in in_pool else None,
+            "task_domain_in_pool": in_pool.get(task_name, False),
             "task_domain_share": shares.get(task_name)}
 
 
@@ -400,8 +402,12 @@ def format_composition(composition: dict) -> str:
     shares = sorted(composition["shares"].items(), key=lambda kv: -kv[1])
     text = ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares if share)
     own = composition["task_domain"]
-    tail = (f"; task domain {own}: {100 * composition['task_domain_share']:.0f}%" if own
-            else "; the task's domain is not in the pool")
+    if own and composition["task_domain_in_pool"]:
+        tail = f"; task domain {own}: {100 * composition['task_domain_share']:.0f}%"
+    elif own:
+        tail = f"; task domain {own}: not in the pool"
+    else:
+        tail = "; the task is not a mosaic domain"
     return f"leaf {composition['leaf']} ({composition['num_images']} images): {text}{tail}"
 
 

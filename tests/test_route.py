@@ -193,3 +193,24 @@ def test_route_and_evaluate_cli_end_to_end(small_mosaic_dir, tmp_path):
     knn = float(evaluated.stdout.split("kNN ")[1].split()[0])
     assert knn == pytest.approx(100 * ranking["routed"]["knn"]["test"]["accuracy"], abs=1e-2)
     assert "raw pixels" in evaluated.stdout and "random init" in evaluated.stdout
+
+
+def test_subset_composition_reads_the_domains_of_the_routed_leaf(tmp_path):
+    from ml_collections import ConfigDict
+    from sdr_jax.cluster.assignments import Assignments
+
+    # Leaf 3 holds 3 mnist images (domain 1) and 1 animal image (domain 2).
+    ids = np.array([1_000_001, 1_000_002, 1_000_003, 2_000_001, 5, 6])
+    leaves = np.array([3, 3, 3, 3, 0, 1])
+    centroids = tuple(np.zeros((2**level, 2, 4)) for level in range(2))
+    file = str(tmp_path / "assignments.npz")
+    Assignments(ids, leaves, 2, 2, centroids).save(file)
+    run = ConfigDict({"sdr": {"assignments": file}, "data": {"dataset": "mosaic/small"}})
+    got = route.subset_composition(run, 3, "mnist")
+    assert got["num_images"] == 4 and got["shares"] == {"mnist": 0.75, "animal": 0.25}
+    assert got["task_domain_share"] == 0.75
+    assert route.format_composition(got).endswith("task domain mnist: 75%")
+    assert route.subset_composition(run, 3, "emoji_twitter")["task_domain_in_pool"] is False
+    run.sdr.assignments = str(tmp_path / "missing.npz")
+    assert "no assignments file" in route.format_composition(route.subset_composition(run, 3,
+                                                                                     "mnist"))
