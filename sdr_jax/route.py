@@ -421,10 +421,11 @@ def format_table(ranking: dict, top: Optional[int] = None) -> str:
         return f"  linear {protocol.format_cell(lin['test'])} (wd {lin['weight_decay']:g})" \
             if lin else ""
 
-    lines = [f"task {ranking['task']}: {ranking['num_paths']} paths, bn={ranking['protocol']['bn']}; "
+    lines = [f"task {ranking['task']}: {ranking['num_paths']} paths, "
+             f"bn={ranking['protocol']['bn']}; "
              f"path selected on {split['num_validation']} validation images (memory "
              f"{split['num_memory']}), scored on {split['num_test']} test queries",
-             f"kNN top-1 on test, % [95% Wilson interval]:"]
+             "kNN top-1 on test, % [95% Wilson interval]:"]
     for column, label in (("pixels", "raw pixels"), ("random_init", "random init"),
                           ("sdrnet", "SDRnet"), ("routed", "routed"),
                           ("oracle", "oracle (best on test)")):

@@ -1,6 +1,7 @@
 """The evaluation protocol: split, intervals, noise markers, baselines vs independent NumPy."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -45,8 +46,8 @@ def test_split_is_disjoint_seeded_and_independent_of_order():
 def test_task_data_refuses_ids_shared_by_train_and_test():
     config = route_config()
     with pytest.raises(ConfigError, match="both the train and the test"):
-        protocol.TaskData.build("t", 2, (np.zeros(4), np.arange(4)), (np.zeros(2), np.array([3, 9])),
-                                config)
+        protocol.TaskData.build("t", 2, (np.zeros(4), np.arange(4)),
+                                (np.zeros(2), np.array([3, 9])), config)
 
 
 def test_wilson_interval_matches_the_hand_computed_one():
@@ -143,7 +144,6 @@ def test_random_init_knn_matches_numpy(evaluation, small_mosaic_dir):
     cfg = tiny_config(num_groups=0)
     model, path = build_model(cfg), path_spec(cfg).full_path()
     # The trainers' initialiser with the protocol's seed; BN on the first 2 x 32 train images.
-    import jax
     variables = init_variables(model, jax.random.key(config.random_init_seed), 32,
                                jnp.asarray(path))
     variables = export.recalibrate_bn(model, variables, path, [train_x[:32], train_x[32:64]])
