@@ -297,17 +297,17 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
     """Ranks every path of the SDRnet in `workdir` by kNN accuracy on `task_name`; writes the
     table, ranking.json, the histogram and the best sub-net to `<out or workdir>/route/<task>/`."""
     check_bn_mode(config.bn)
-    tasks.get_task(task_name)  # an unknown task fails before anything is loaded
     run_config, variables, step = checkpoint.load_run(workdir)
     model_cfg = run_config.model
     if model_cfg.sdr.num_groups == 0:
         raise ConfigError(f"{workdir} holds a plain SimSiam run (model.sdr.num_groups=0): it has "
                           "one path, nothing to route; use launch/evaluate.py.")
-    task = tasks.get_task(task_name)
+    # Looked up in the data_dir: folder tasks are known only there.
+    data_dir = config.data_dir or run_config.data.data_dir or None
+    task = tasks.get_task(task_name, data_dir)
     if getattr(task, "multi_label", False):
         raise ConfigError(f"task {task_name} is multi-label; kNN routing needs one label per "
                           "image.")
-    data_dir = config.data_dir or run_config.data.data_dir or None
     train_src, test_src, task = tasks.open_task(task_name, data_dir,
                                                 pool_dataset=run_config.data.dataset)
     image_size = config.image_size or run_config.data.image_size

@@ -139,7 +139,7 @@ def _write_clipart(root: pathlib.Path, n_per_class: int, rng: np.random.Generato
 # An image folder for folder datasets (sdr_jax/data/folder.py).
 
 FOLDER_CLASSES = ('blue', 'green', 'red')
-FOLDER_SPLIT_SIZES = {'train': 6, 'val': 2, 'test': 3}  # files per class, before the extras
+FOLDER_SPLIT_SIZES = {'train': 12, 'val': 2, 'test': 3}  # files per class, before the extras
 FOLDER_UNLABELLED = 4  # pool-only images in extra/
 
 

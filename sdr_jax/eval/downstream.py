@@ -41,7 +41,6 @@ def evaluate(config: ConfigDict, workdir: str, task_name: str,
              path: Optional[str] = None) -> dict:
     """{'network', 'task', 'knn', 'linear', ...} of the network in `workdir` on `task_name`."""
     route.check_bn_mode(config.bn)
-    tasks.get_task(task_name)
     if os.path.exists(os.path.join(workdir, "model.json")):
         if path:
             raise ConfigError(f"{workdir} is an exported sub-net (one path); drop --path.")
