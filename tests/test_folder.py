@@ -55,7 +55,8 @@ def test_counts_and_examples(image_folder, built):
     assert ids(datasets.open_source(NAME, 'train', data_dir)) <= ids(pool)
     # The id names the original pixels.
     copy = folder.read_rgb(root / 'test' / 'blue' / 'copy_of_train.png')
-    assert folder.image_id(sources.content_hashes([copy])[0]) in ids(test)
+    digest = sources.content_hashes([copy])[0]
+    assert report.plan.ids[digest] == int(digest[:8], 16) >> 1 and report.plan.ids[digest] in ids(test)
 
     table = folder.format_report(report)
     assert 'skipped 1 unreadable file(s): train/red/broken.jpg' in table
@@ -75,6 +76,14 @@ def test_ids_stable_across_rebuilds_and_resize_policies(image_folder, built, tmp
     kept = datasets.open_source(NAME, 'pool', tmp_path)
     assert {kept[i]['image'].shape for i in range(len(kept))} > {(70, 50, 3)}  # sizes kept
     assert again.plan.splits == folder.build(root, NAME, tmp_path, overwrite=True).plan.splits
+
+
+def test_ids_fit_int32_and_clashes_resolve_the_same_way_every_time():
+    clash = ['ffffffff' + '0' * 32, 'fffffffe' + '1' * 32, '12345678' + '2' * 32]  # 2 share 31 bits
+    ids = folder.assign_ids(clash)
+    assert len(set(ids.values())) == 3 and max(ids.values()) < 2**31
+    assert ids == folder.assign_ids(reversed(clash))
+    assert ids[clash[1]] == 2**31 - 1 and ids[clash[0]] == 0  # the next free value, wrapped
 
 
 def test_found_by_name_like_a_registered_task(built, tmp_path):

@@ -11,10 +11,11 @@ Splits:
                     a labelled task called `name` (`sdr_jax.data.tasks.get_task` finds it in the
                     data_dir; its kNN memory is train+val, its queries test).
 
-Ids: the first 60 bits of the SHA-1 of the original image's RGB pixels (`sources.content_hashes`,
-before resizing), so an image keeps its id across rebuilds, resize policies and renames. Copies
-(same pixels) are kept once per split; a copy in several splits stays only in the first of
-test, val, train (a kNN query must not be in the memory), and these are reported.
+Ids: 31 bits of the SHA-1 of the original image's RGB pixels (`sources.content_hashes`, before
+resizing; see `assign_ids`), so an image keeps its id across rebuilds, resize policies and
+renames; only a hash clash (rare below ~10^4 images) moves an id, deterministically. Copies (same
+pixels) are kept once per split; a copy in several splits stays only in the first of test, val,
+train (a kNN query must not be in the memory), and these are reported.
 
 Labels: in task splits the class index (`class_names`, sorted). In the pool the image's class,
 or for an image outside the task layout its top-level folder under source_dir
@@ -40,7 +41,7 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -61,6 +62,7 @@ DEFAULT_IMAGE_SIZE = 64
 METADATA_KEY = 'folder'  # marks a dataset built here, and holds its class names
 _NAME = re.compile(r'[a-z][a-z0-9_]*')
 _CHUNK = 256  # images decoded at a time: bounds memory on folders of any size
+ID_BITS = 31  # ids go through JAX arrays (int32 unless jax_enable_x64), e.g. in the cluster job
 
 
 class FolderError(DataError):
@@ -177,9 +179,18 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
         return np.asarray(sources.to_rgb(ImageOps.exif_transpose(image)), np.uint8)
 
 
-def image_id(digest: str) -> int:
-    """The int64 id of a content hash: its first 60 bits (positive, JSON- and numpy-safe)."""
-    return int(digest[:15], 16)
+def assign_ids(digests: Iterable[str]) -> dict[str, int]:
+    """An id per distinct content hash: its first 31 bits, or on a clash the next free value,
+    taken in hash order (so the same set of images always gets the same ids)."""
+    ids: dict[str, int] = {}
+    taken: set[int] = set()
+    for digest in sorted(set(digests)):
+        candidate = int(digest[:8], 16) >> 1
+        while candidate in taken:
+            candidate = (candidate + 1) % 2**ID_BITS
+        taken.add(candidate)
+        ids[digest] = candidate
+    return ids
 
 
 def _fingerprint(path: pathlib.Path) -> str | Exception:
@@ -208,6 +219,7 @@ class Plan:
     source_dir: pathlib.Path
     files: list[ImageFile]
     digests: list[str]  # per file ('' for an unreadable one)
+    ids: dict[str, int]  # digest -> example id (the same in every split)
     class_names: list[str]
     pool_label_names: list[str]
     splits: dict[str, list[tuple[int, int]]]  # split -> (file index, label), in path order
@@ -271,8 +283,8 @@ def make_plan(source_dir: pathlib.Path, files: list[ImageFile], fingerprints: li
             pool.append((i, pool_label_of[files[i].group]))
     splits[POOL_SPLIT] = pool
     num_copies = len(readable) - len({digests[i] for i in readable})
-    return Plan(source_dir, files, digests, class_names, pool_label_names, splits, unreadable,
-                cross_split, num_copies, num_ignored)
+    return Plan(source_dir, files, digests, assign_ids(digests[i] for i in readable), class_names,
+                pool_label_names, splits, unreadable, cross_split, num_copies, num_ignored)
 
 
 def _check_classes(source_dir: pathlib.Path, files: list[ImageFile], readable: list[int],
@@ -349,7 +361,7 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         images = parallel_map(lambda example: self._image(plan.files[example[0]].path), examples,
                               f'writing {split}')
         for (index, label), image in zip(examples, images):
-            example_id = image_id(plan.digests[index])
+            example_id = plan.ids[plan.digests[index]]
             yield example_id, {'image': image, 'id': example_id, 'label': label}
 
     def _image(self, path: str) -> np.ndarray:
