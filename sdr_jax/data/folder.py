@@ -14,8 +14,9 @@ Splits:
 Ids: 31 bits of the SHA-1 of the original image's RGB pixels (`sources.content_hashes`, before
 resizing; see `assign_ids`), so an image keeps its id across rebuilds, resize policies and
 renames; only a hash clash (rare below ~10^4 images) moves an id, deterministically. Copies (same
-pixels) are kept once per split; a copy in several splits stays only in the first of test, val,
-train (a kNN query must not be in the memory), and these are reported.
+pixels) are kept once per split (dropped from a split where they carry two classes); a copy in
+several splits stays only in the first of test, val, train (a kNN query must not be in the
+memory), and these are reported.
 
 Labels: in task splits the class index (`class_names`, sorted). In the pool the image's class,
 or for an image outside the task layout its top-level folder under source_dir
@@ -141,8 +142,13 @@ def find_images(source_dir: pathlib.Path) -> tuple[list[ImageFile], int]:
     """(the image files under source_dir in path order, the number of other files)."""
     if not source_dir.is_dir():
         raise FolderError(f'--source {source_dir} is not a directory.')
-    paths, other = [], 0
+    paths, other, seen = [], 0, set()
+    # Linked folders are followed (a class may be a link to where its images are), once each.
     for directory, subdirs, files in os.walk(source_dir, followlinks=True):
+        if os.path.realpath(directory) in seen:
+            subdirs.clear()
+            continue
+        seen.add(os.path.realpath(directory))
         subdirs.sort()
         for file in sorted(files):
             if file.lower().endswith(IMAGE_SUFFIXES):
@@ -201,7 +207,7 @@ def _fingerprint(path: pathlib.Path) -> str | Exception:
 
 
 def parallel_map(fn: Callable, items: Sequence, desc: str) -> Iterator:
-    """fn over items in order, on threads (PIL releases the GIL while decoding and encoding),
+    """fn over items in order, on threads (PIL releases the GIL while decoding and resizing),
     with a progress bar on stderr."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor, \
             tqdm(total=len(items), desc=desc, file=sys.stderr, unit='img', leave=False) as bar:
@@ -249,7 +255,6 @@ def make_plan(source_dir: pathlib.Path, files: list[ImageFile], fingerprints: li
     digests = ['' if isinstance(fp, Exception) else fp for fp in fingerprints]
     readable = [i for i, fp in enumerate(fingerprints) if not isinstance(fp, Exception)]
     class_names = sorted({files[i].group for i in readable if files[i].split is not None})
-    _check_classes(source_dir, files, readable, class_names)
     label_of = {name: index for index, name in enumerate(class_names)}
 
     splits: dict[str, list[tuple[int, int]]] = {}
@@ -268,6 +273,7 @@ def make_plan(source_dir: pathlib.Path, files: list[ImageFile], fingerprints: li
             else:
                 splits[split].append((i, label_of[files[i].group]))
         kept_in.update({digests[i]: i for i, _ in splits[split]})
+    _check_classes(source_dir, class_names, splits)
 
     test_digests = {digests[i] for i, _ in splits.get(TEST_SPLIT, [])}
     other_groups = sorted({files[i].group for i in readable if files[i].split is None}
@@ -287,14 +293,13 @@ def make_plan(source_dir: pathlib.Path, files: list[ImageFile], fingerprints: li
                 pool_label_names, splits, unreadable, cross_split, num_copies, num_ignored)
 
 
-def _check_classes(source_dir: pathlib.Path, files: list[ImageFile], readable: list[int],
-                   class_names: list[str]) -> None:
+def _check_classes(source_dir: pathlib.Path, class_names: list[str],
+                   splits: dict[str, list[tuple[int, int]]]) -> None:
     if not class_names:
         return
-    per_split = {split: {files[i].group for i in readable if files[i].split == split}
-                 for split in TASK_SPLITS}
     for split in (TRAIN_SPLIT, TEST_SPLIT):
-        missing = [name for name in class_names if name not in per_split[split]]
+        present = {label for _, label in splits.get(split, [])}
+        missing = [name for label, name in enumerate(class_names) if label not in present]
         if missing:
             raise FolderError(f'class {missing[0]!r} has no readable {split} images (in '
                               f'{source_dir / split / missing[0]}): every class needs train and '
