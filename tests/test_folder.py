@@ -38,8 +38,9 @@ def ids(source):
 def test_counts_and_examples(image_folder, built):
     root, want = image_folder
     data_dir, report = built
-    assert {s: len(datasets.open_source(NAME, s, data_dir)) for s in ('train', 'val', 'test', 'pool')
-            } == {s: want[s] for s in ('train', 'val', 'test', 'pool')}
+    splits = ('train', 'val', 'test', 'pool')
+    assert {s: len(datasets.open_source(NAME, s, data_dir)) for s in splits} == {
+        s: want[s] for s in splits}
     assert [path for path, _ in report.plan.unreadable] == want['unreadable']
     assert report.plan.cross_split == want['cross_split']
     assert report.plan.class_names == list(fixtures.FOLDER_CLASSES)
@@ -56,7 +57,8 @@ def test_counts_and_examples(image_folder, built):
     # The id names the original pixels.
     copy = folder.read_rgb(root / 'test' / 'blue' / 'copy_of_train.png')
     digest = sources.content_hashes([copy])[0]
-    assert report.plan.ids[digest] == int(digest[:8], 16) >> 1 and report.plan.ids[digest] in ids(test)
+    assert report.plan.ids[digest] == int(digest[:8], 16) >> 1
+    assert report.plan.ids[digest] in ids(test)
 
     table = folder.format_report(report)
     assert 'skipped 1 unreadable file(s): train/red/broken.jpg' in table

@@ -5,8 +5,9 @@ Names: `mosaic` or `mosaic/<config>` (our builder, see mosaic.py), a folder data
 ever downloaded: a TFDS dataset must already be prepared in `data_dir` in the array_record format.
 
 Every example is a dict with `image` (uint8 HxWx3), `id` (int) and `label`; mosaic examples
-also have `domain`. Mosaic and folder ids name an image's content. Real TFDS examples have no integer id: `id` is the record index in the
-split (stable for a given prepared copy), and a dataset's own `id` field is kept as `tfds_id`.
+also have `domain`. Mosaic and folder ids name an image's content. Real TFDS examples have no
+integer id: `id` is the record index in the split (stable for a given prepared copy), and a
+dataset's own `id` field is kept as `tfds_id`.
 """
 from __future__ import annotations
 
