@@ -39,7 +39,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.data import datasets, mosaic, pipeline, tasks
+from sdr_jax.data import datasets, mosaic, pipeline
 from sdr_jax.errors import CheckpointError, ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.eval.knn import knn_accuracy
@@ -293,7 +293,6 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
     next to the baselines (`eval/protocol.py`); writes the table, ranking.json, the histogram
     and the routed sub-net to `<out or workdir>/route/<task>/`."""
     protocol.check_config(config)
-    tasks.get_task(task_name)  # an unknown task fails before anything is loaded
     run_config, variables, step = checkpoint.load_run(workdir)
     model_cfg = run_config.model
     if model_cfg.sdr.num_groups == 0:
@@ -413,7 +412,7 @@ def format_composition(composition: dict) -> str:
 
 def format_table(ranking: dict, top: Optional[int] = None) -> str:
     """The columns of one task (test queries), then the paths in routing order."""
-    routed, oracle, split = ranking["routed"], ranking["oracle"], ranking["split"]
+    split = ranking["split"]
     rows = ranking["paths"][:top] if top else ranking["paths"]
 
     def linear(column):

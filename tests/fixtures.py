@@ -133,3 +133,61 @@ def _write_clipart(root: pathlib.Path, n_per_class: int, rng: np.random.Generato
     # A link to an image of another category is read once.
     first, second = sources.CLIPART_CLASSES[:2]
     (root / second / 'link.png').symlink_to(root / first / f'{first}_0.png')
+
+
+# ---------------------------------------------------------------------------------------------
+# An image folder for folder datasets (sdr_jax/data/folder.py).
+
+FOLDER_CLASSES = ('blue', 'green', 'red')
+FOLDER_SPLIT_SIZES = {'train': 12, 'val': 2, 'test': 3}  # files per class, before the extras
+FOLDER_UNLABELLED = 4  # pool-only images in extra/
+
+
+def make_image_folder(root: str | os.PathLike, seed: int = 0) -> dict[str, object]:
+    """A task layout `root/{train,val,test}/<class>/` plus `root/extra/` pool-only images, in
+    PNG, JPEG, BMP and WebP of several sizes, grey, RGB and RGBA; classes differ by colour.
+
+    Also: one corrupt file (train/red/broken.jpg), one train image copied into test
+    (test/blue/copy_of_train.png) and one non-image file. Returns what a build must find.
+    """
+    root = pathlib.Path(root)
+    rng = np.random.default_rng(seed)
+    tint = {'blue': (40, 60, 220), 'green': (40, 200, 60), 'red': (220, 40, 40)}
+    formats = [('png', {}), ('jpg', {'quality': 95}), ('bmp', {}), ('webp', {'lossless': True})]
+    written = 0
+    for split, count in FOLDER_SPLIT_SIZES.items():
+        for name in FOLDER_CLASSES:
+            directory = root / split / name
+            directory.mkdir(parents=True)
+            for index in range(count):
+                height, width = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+                noise = rng.integers(-40, 40, size=(height, width, 3))
+                pixels = np.clip(np.array(tint[name]) + noise, 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels)
+                if index == 1:
+                    image = image.convert('L')
+                elif index == 2:
+                    image = image.convert('RGBA')
+                suffix, options = formats[written % len(formats)]
+                if index == 2:
+                    suffix, options = 'png', {}
+                image.save(directory / f'{split}_{name}_{index}.{suffix}', **options)
+                written += 1
+    (root / 'train' / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    (root / 'train' / 'red' / 'notes.txt').write_text('not an image')
+    copied = root / 'train' / 'blue' / 'train_blue_0.png'
+    (root / 'test' / 'blue' / 'copy_of_train.png').write_bytes(copied.read_bytes())
+    (root / 'extra').mkdir()
+    for index in range(FOLDER_UNLABELLED):
+        Image.fromarray(rng.integers(0, 256, (70, 50, 3), dtype=np.uint8)).save(
+            root / 'extra' / f'extra_{index}.png')
+    n = len(FOLDER_CLASSES)
+    return {
+        'train': n * FOLDER_SPLIT_SIZES['train'] - 1,  # the copy of a test image leaves train
+        'val': n * FOLDER_SPLIT_SIZES['val'],
+        'test': n * FOLDER_SPLIT_SIZES['test'] + 1,
+        'pool': n * (FOLDER_SPLIT_SIZES['train'] + FOLDER_SPLIT_SIZES['val']) - 1
+                + FOLDER_UNLABELLED,  # train and val, less the test image's copy; and extra/
+        'unreadable': ['train/red/broken.jpg'],
+        'cross_split': [('train/blue/train_blue_0.png', 'test/blue/copy_of_train.png')],
+    }

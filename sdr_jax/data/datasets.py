@@ -1,12 +1,13 @@
 """Open any dataset by name as a random-access source, through `tfds` ArrayRecord data sources.
 
-Names: `mosaic` or `mosaic/<config>` (our builder, see mosaic.py) or any TFDS name
-(`cifar10`, `imagenet2012`, `cars196`, ...). Nothing is ever downloaded: a TFDS dataset must
-already be prepared in `data_dir` in the array_record format.
+Names: `mosaic` or `mosaic/<config>` (our builder, see mosaic.py), a folder dataset built in
+`data_dir` (folder.py) or any TFDS name (`cifar10`, `imagenet2012`, `cars196`, ...). Nothing is
+ever downloaded: a TFDS dataset must already be prepared in `data_dir` in the array_record format.
 
 Every example is a dict with `image` (uint8 HxWx3), `id` (int) and `label`; mosaic examples
-also have `domain`. Real TFDS examples have no integer id: `id` is the record index in the
-split (stable for a given prepared copy), and a dataset's own `id` field is kept as `tfds_id`.
+also have `domain`. Mosaic and folder ids name an image's content. Real TFDS examples have no
+integer id: `id` is the record index in the split (stable for a given prepared copy), and a
+dataset's own `id` field is kept as `tfds_id`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sdr_jax.data import mosaic
+from sdr_jax.data import folder, mosaic
 from sdr_jax.data.sources import DataError, SourceMissingError
 
 MOSAIC = 'mosaic'
@@ -153,6 +154,7 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     """A random-access source over one split of a prepared dataset."""
     dataset, config = parse_name(name)
     config = builder_config or config
+    built = None if dataset == MOSAIC else folder.find(dataset, data_dir)
     if dataset == MOSAIC:
         builder = mosaic_builder(data_dir, config or 'default')
         if not builder.is_prepared():
@@ -163,6 +165,10 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None
                     f'`python launch/build_data.py --dataset={MOSAIC} --config={config_name} '
                     f'--data_dir={builder.data_dir_root}` or pass build_if_missing=True.')
             builder = prepare_mosaic(data_dir, builder.builder_config)
+    elif built is not None:
+        if config:
+            raise DataError(f'folder dataset {dataset} has no configs; drop /{config}.')
+        builder = built.builder()
     else:
         builder = _tfds_builder(dataset, config, data_dir)
     split_names = list(builder.info.splits.keys())
@@ -174,18 +180,21 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None
             f'{name} in {builder.data_dir} is stored as {builder.info.file_format.value}; random '
             'access needs array_record: rebuild with `--file_format=array_record`.')
     return ExampleSource(builder.as_data_source(split=split), name, split,
-                         has_ids=dataset == MOSAIC)
+                         has_ids=dataset == MOSAIC or built is not None)
 
 
 def _tfds_builder(dataset: str, config: Any, data_dir: str | os.PathLike | None,
                   ) -> tfds.core.DatasetBuilder:
     known = known_datasets()
     if dataset not in known:
-        close = difflib.get_close_matches(dataset, known, n=3)
+        folders = [built.name for built in folder.find_all(data_dir)]
+        close = difflib.get_close_matches(dataset, known + folders, n=3)
         hint = f' Did you mean {", ".join(close)}?' if close else ''
+        yours = f', the folder datasets {", ".join(folders)}' if folders else ''
         raise UnknownDatasetError(
-            f'unknown dataset {dataset!r}.{hint} Known: {MOSAIC}, {MOSAIC}/small and the '
-            f'{len(known) - 1} TFDS datasets of tfds.list_builders().')
+            f'unknown dataset {dataset!r}.{hint} Known: {MOSAIC}, {MOSAIC}/small{yours} and the '
+            f'{len(known) - 1} TFDS datasets of tfds.list_builders() (a folder of images: '
+            f'`python launch/build_data.py --dataset=folder --source=DIR --name={dataset}`).')
     builder = tfds.builder(dataset, config=config, data_dir=data_dir)
     if not builder.is_prepared():
         # Never download here (no network): say how to prepare it elsewhere.

@@ -146,11 +146,18 @@ def gray28_to_rgb32(images: np.ndarray) -> np.ndarray:
     return np.repeat(padded[..., None], 3, axis=-1)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, transparent pixels composited on white (grey, palette and CMYK images converted)."""
+    if image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info:
+        rgba = image.convert('RGBA')
+        return Image.alpha_composite(Image.new('RGBA', rgba.size, 'white'), rgba).convert('RGB')
+    return image.convert('RGB')
+
+
 def fit_rgba_to_rgb32(image: Image.Image) -> np.ndarray:
     """Composites on white and fits into 32x32 keeping the aspect ratio (white padding)."""
-    rgba = image.convert('RGBA')
     # Composite before resizing, so transparent pixels do not bleed dark fringes.
-    rgb = Image.alpha_composite(Image.new('RGBA', rgba.size, 'white'), rgba).convert('RGB')
+    rgb = to_rgb(image)
     scale = IMAGE_SIZE / max(rgb.size)
     size = tuple(max(1, min(IMAGE_SIZE, round(side * scale))) for side in rgb.size)
     rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)

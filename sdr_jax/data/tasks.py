@@ -6,6 +6,10 @@ The pool's tasks (`datasets.TASKS`) live in our `mosaic` builder; the paper's 11
 nothing is ever downloaded here. TFDS has no FGVC-Aircraft builder, so `aircraft` is not
 registered (prepare it as a custom TFDS dataset and add it here).
 
+Folder tasks (folder.py: `launch/build_data.py --dataset=folder --source=DIR --name=NAME` on a
+`DIR/{train,test[,val]}/<class>/` layout) need no entry here: `get_task` finds them by name in
+the data_dir, whose dataset metadata holds their classes.
+
 Splits follow the usual transfer protocol: train+validation as the kNN memory / probe
 training set where the dataset has a validation split, the test split as queries.
 """
@@ -15,7 +19,7 @@ import dataclasses
 import difflib
 import os
 
-from sdr_jax.data import datasets
+from sdr_jax.data import datasets, folder
 from sdr_jax.data.datasets import DataError, Task
 
 
@@ -45,14 +49,24 @@ PAPER_TASKS: dict[str, DownstreamTask] = {t.name: t for t in (
 REGISTRY: dict[str, Task] = {**datasets.TASKS, **PAPER_TASKS}
 
 
-def get_task(name: str) -> Task:
-    """The registered task `name`; UnknownTaskError listing the known ones otherwise."""
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=2)
-        hint = f' Did you mean {" or ".join(close)}?' if close else ''
-        raise UnknownTaskError(f'unknown task {name!r}.{hint} Known tasks: '
-                               f'{", ".join(sorted(REGISTRY))}.')
-    return REGISTRY[name]
+def get_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
+    """The registered task `name`, or the folder task `name` in data_dir (default: TFDS's data
+    dirs); UnknownTaskError listing the known ones otherwise."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    built = folder.find(name, data_dir)
+    if built is not None and built.is_task:
+        train = (f'{folder.TRAIN_SPLIT}+{folder.VAL_SPLIT}' if folder.VAL_SPLIT in built.splits
+                 else folder.TRAIN_SPLIT)
+        return Task(name, name, train, folder.TEST_SPLIT, len(built.class_names))
+    if built is not None:
+        raise UnknownTaskError(
+            f'{name} is a folder dataset without labels (a pool only): build a task from a '
+            'folder with train/<class>/ and test/<class>/ sub-folders.')
+    known = sorted([*REGISTRY, *(b.name for b in folder.find_all(data_dir) if b.is_task)])
+    close = difflib.get_close_matches(name, known, n=2)
+    hint = f' Did you mean {" or ".join(close)}?' if close else ''
+    raise UnknownTaskError(f'unknown task {name!r}.{hint} Known tasks: {", ".join(known)}.')
 
 
 def open_task(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -64,7 +78,7 @@ def open_task(name: str, data_dir: str | os.PathLike | None = None, *,
     that variant (a run on `mosaic/small` is evaluated on the `mosaic/small` task splits).
     An unprepared TFDS dataset raises DatasetNotPreparedError saying how to prepare it.
     """
-    task = get_task(name)
+    task = get_task(name, data_dir)
     dataset = task.dataset
     if pool_dataset and datasets.parse_name(pool_dataset)[0] == datasets.parse_name(dataset)[0]:
         dataset = pool_dataset

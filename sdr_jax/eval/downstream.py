@@ -17,7 +17,6 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from sdr_jax import paths, route
-from sdr_jax.data import tasks
 from sdr_jax.errors import ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.models import build_model, path_spec
@@ -43,7 +42,6 @@ def evaluate(config: ConfigDict, workdir: str, task_name: str, path: Optional[st
     {'network', 'task', 'knn': {'validation', 'test'}, 'linear', 'split' sizes, 'protocol'}
     plus, with `baselines`, the raw-pixel and random-init columns on the same split."""
     protocol.check_config(config)
-    tasks.get_task(task_name)
     if os.path.exists(os.path.join(workdir, "model.json")):
         if path:
             raise ConfigError(f"{workdir} is an exported sub-net (one path); drop --path.")
