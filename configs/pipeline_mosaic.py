@@ -31,6 +31,9 @@ def get_config(arg: str | None = None):
     config = ml_collections.ConfigDict()
     config.data_dir = ""                   # '' = every stage's own (TFDS's default)
     config.tasks = tuple(TASKS)            # routed and compared in the summary
+    # The SDRnet starts from the SimSiam run's weights (sdr.init_from): stage 0 of progressive
+    # training is SimSiam on the pool, so the SDR stage spends its steps on the sub-nets.
+    config.sdr_from_simsiam = True
     config.simsiam = load_config_file("configs/simsiam_mosaic.py" + variant)
     sdr_spec = "configs/sdr_mosaic.py" + variant
     config.sdr = load_config_file(sdr_spec)

@@ -71,6 +71,8 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
         sdr=dict(num_groups=num_groups, stages=tuple(stages), shared_fraction=shared_fraction))
     config.sdr = ConfigDict()
     config.sdr.assignments = ""            # assignments.npz of launch/cluster.py (required)
+    config.sdr.init_from = ""              # a SimSiam workdir of the same model size: start the
+                                           # SDRnet from its weights ('' = random init)
     config.sdr.progressive = True          # False: all G^L paths from step 1 (ablation)
     config.sdr.stage_fractions = ()        # share of the steps of stages 0..L ('' = equal)
     config.sdr.paths_per_step = 0          # sub-nets trained per step (0 = one per device)

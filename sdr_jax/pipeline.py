@@ -82,6 +82,8 @@ def stage_configs(config: ConfigDict, workdir: str) -> dict[str, ConfigDict]:
     _wire(cluster, "pretrain_workdir", os.path.abspath(dirs["simsiam"]))
     _wire(sdr.sdr, "assignments",
           os.path.abspath(os.path.join(dirs["cluster"], cluster_job.ASSIGNMENTS_FILE)))
+    if config.sdr_from_simsiam:  # the SimSiam run is progressive training's stage 0, done
+        _wire(sdr.sdr, "init_from", os.path.abspath(dirs["simsiam"]))
     return {"simsiam": simsiam, "cluster": cluster, "sdr": sdr, "route": config.route}
 
 

@@ -189,6 +189,40 @@ def test_compiles_at_most_once_per_step_function(small_mosaic_dir, assignments_f
     assert {k: f._cache_size() for k, f in trainer.step_functions.items()} == {False: 1, True: 1}
 
 
+def test_init_from_a_simsiam_run_copies_its_weights(small_mosaic_dir, assignments_file,
+                                                     tmp_path):
+    from configs import simsiam_mosaic
+    from sdr_jax.train import checkpoint, simsiam
+    simsiam_config = simsiam_mosaic.get_config("tiny").unlock()
+    simsiam_config.data.data_dir = small_mosaic_dir
+    simsiam_config.train.num_steps = 2
+    simsiam_config.eval.knn_tasks = ()
+    simsiam_dir = str(tmp_path / "simsiam")
+    simsiam.train_and_evaluate(simsiam_config.lock(), simsiam_dir)
+    _, trained, _ = checkpoint.load_run(simsiam_dir)
+
+    config = tiny_config(small_mosaic_dir, assignments_file, eval__knn_tasks=(),
+                         sdr__init_from=simsiam_dir)
+    state = sdr.SDRTrainer(config, str(tmp_path / "sdr")).init_state()
+    fresh = sdr.SDRTrainer(tiny_config(small_mosaic_dir, assignments_file),
+                           str(tmp_path / "fresh")).init_state()
+    for collection in ("params", "batch_stats"):
+        got = getattr(state, collection)
+        for key in trained[collection]:  # every SimSiam variable lands in the SDRnet
+            jax.tree.map(np.testing.assert_array_equal, got[key], trained[collection][key])
+    # The SiamKD head is not in SimSiam: it keeps the fresh (seeded) init.
+    jax.tree.map(np.testing.assert_array_equal, state.params["kd_predictor"],
+                 fresh.params["kd_predictor"])
+
+    wider = simsiam_config.unlock()
+    wider.model.proj_dim = 64
+    wider_dir = str(tmp_path / "wider")
+    simsiam.train_and_evaluate(wider.lock(), wider_dir)
+    config = tiny_config(small_mosaic_dir, assignments_file, sdr__init_from=wider_dir)
+    with pytest.raises(ConfigError, match="same model size"):
+        sdr.SDRTrainer(config, str(tmp_path / "sdr2")).init_state()
+
+
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO)
     return subprocess.run([sys.executable, os.path.join(REPO, "launch/train.py"), *args],

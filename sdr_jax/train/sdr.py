@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from clu import metrics as clu_metrics
 from jax.sharding import Mesh, PartitionSpec as P
@@ -28,6 +29,7 @@ from sdr_jax.cluster import assignments as assignments_lib
 from sdr_jax.data import sdr_batches
 from sdr_jax.errors import ConfigError
 from sdr_jax.progressive import ProgressiveSchedule
+from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import mesh as mesh_lib
 from sdr_jax.train import trainer as trainer_lib
 from sdr_jax.train.simsiam import simsiam_forward
@@ -148,6 +150,28 @@ class SDRTrainer(trainer_lib.Trainer):
         self.subnet_model = models.build_model(config.model, bn_axis_name=DATA_AXIS,
                                                sync_bn=False)
 
+    def init_state(self) -> TrainState:
+        """A fresh state; with `sdr.init_from`, the SDRnet starts from a SimSiam run's weights.
+
+        Stage 0 of progressive training trains the SDRnet alone on D0, which is SimSiam on the
+        pool: a finished SimSiam run of the same model size is that stage done already. Every
+        parameter and BN statistic of the run is copied (the SDRnet with all groups is the same
+        network); what SimSiam lacks (the SiamKD predictor) keeps its fresh init, and the
+        optimiser starts afresh.
+        """
+        state = super().init_state()
+        source = self.config.sdr.init_from
+        if not source:
+            return state
+        _, variables, step = checkpoint_lib.load_run(source)
+        params = _graft(state.params, variables["params"], source)
+        batch_stats = _graft(state.batch_stats, variables["batch_stats"], source)
+        params, batch_stats = jax.device_put((params, batch_stats),
+                                             mesh_lib.replicated(self.mesh))
+        if jax.process_index() == 0:
+            print(f"SDR: the SDRnet starts from {source} (step {step})", flush=True)
+        return state.replace(params=params, batch_stats=batch_stats)
+
     def make_data(self, first_step: int, data_state: dict | None):
         cfg = self.config
         batches = sdr_batches.SDRBatches(
@@ -179,6 +203,32 @@ class SDRTrainer(trainer_lib.Trainer):
         stage = self.schedule.stage_at(step)
         return {**super().log_extras(step), "stage": stage,
                 "path_space": self.schedule.space_size(stage)}
+
+
+def _graft(target: Any, source: Any, where: str) -> Any:
+    """`target` with every leaf that `source` has (same key path) replaced by the source's.
+
+    A source leaf the target lacks, or one of another shape, means another model: an error."""
+    flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source)}
+    used = set()
+
+    def take(keypath, leaf):
+        key = jax.tree_util.keystr(keypath)
+        if key not in flat:
+            return leaf
+        if np.shape(flat[key]) != np.shape(leaf):
+            raise ConfigError(f"sdr.init_from={where}: {key} has shape {np.shape(flat[key])} "
+                              f"there but {np.shape(leaf)} in this SDRnet; use a SimSiam run of "
+                              "the same model size.")
+        used.add(key)
+        return jnp.asarray(flat[key], leaf.dtype)
+
+    grafted = jax.tree_util.tree_map_with_path(take, target)
+    if set(flat) - used:
+        missing = sorted(set(flat) - used)
+        raise ConfigError(f"sdr.init_from={where}: {missing[0]} (and {len(missing) - 1} more) "
+                          "has no place in this SDRnet; use a SimSiam run of the same model.")
+    return grafted
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
