@@ -44,14 +44,14 @@ def get_config(arg: str | None = None):
         config.tasks = ("mnist", "emoji_twitter")  # one pool domain, the task-only domain
     for stage in (config.simsiam, config.sdr):
         stage.eval.knn_tasks = ()          # the summary's table is the kNN evaluation
+    if config.sdr_from_simsiam:            # stage 0 (the SDRnet alone) is the SimSiam run
+        config.sdr.sdr.stage_fractions = (0.0, 0.25, 0.25, 0.25, 0.25)
     if not variant:
         for stage in (config.simsiam, config.sdr):
             stage.train.knn_every = 0
-            stage.train.checkpoint_every = 40
-        config.simsiam.train.num_steps = 160
-        config.sdr.train.num_steps = 100
-        config.sdr.optim.batch_size = 128
-        config.sdr.sdr.subnet_batch_size = 32
+            stage.train.checkpoint_every = 200
+        config.simsiam.train.num_steps = 1600  # 64 images a step: ~2.5 epochs of the pool
+        config.sdr.train.num_steps = 300       # 64 D0 images + 4 paths x 32 a step
         config.route.max_train = 1250    # 250 routing-validation + 1000 memory images
         config.route.max_test = 0        # every test image (up to 1000 per task): less noise
         config.route.bn_recal_images = 512
