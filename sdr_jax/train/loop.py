@@ -2,6 +2,11 @@
 
 Metrics stay on device and are merged asynchronously; the host reads them only on log and
 checkpoint steps, so a step never waits for the previous one.
+
+A checkpoint is written only from a state verified finite: the metrics of a step are computed
+before its update, so a finite loss says nothing about the params the update produced (a huge lr
+makes them inf in one step). One on-device reduction over the whole state, fetched only when a
+checkpoint is due, keeps a non-finite state off the disk.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -23,15 +29,47 @@ class LoopResult:
     finished: bool  # False when stopped early (max_steps_per_run or preemption) with a checkpoint
 
 
+def _last_verified(checkpointer: Checkpointer) -> str:
+    last = checkpointer.latest_step()
+    if last is None:
+        return "no checkpoint was written; rerun with a lower optim.base_lr or check the data."
+    return (f"the last verified checkpoint (step {last}) is kept; rerun with a lower "
+            f"optim.base_lr to resume from it (or a new --workdir to start over), or check the "
+            f"data.")
+
+
 def check_finite(metrics: Mapping[str, float], step: int, checkpointer: Checkpointer) -> None:
     if all(np.isfinite(v) for v in metrics.values()):
         return
-    last = checkpointer.latest_step()
-    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else \
-        "no checkpoint was written"
     bad = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not np.isfinite(v))
-    raise NonFiniteLossError(f"non-finite training metrics by step {step} ({bad}); {kept}; "
-                             f"lower optim.base_lr or check the data.")
+    raise NonFiniteLossError(f"non-finite training metrics by step {step} ({bad}); "
+                             f"{_last_verified(checkpointer)}")
+
+
+@jax.jit
+def _finite_parts(state: Any) -> dict[str, jax.Array]:
+    """{field of the state: all its float entries are finite}, one reduction per field."""
+    def finite(tree):
+        flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                 if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.stack(flags).all() if flags else jnp.asarray(True)
+    fields = ({f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+              if dataclasses.is_dataclass(state) else dict(state))
+    return {name: finite(value) for name, value in fields.items()}
+
+
+def non_finite_parts(state: Any) -> list[str]:
+    """The fields of `state` (params, batch_stats, opt_state, ...) holding a NaN or inf."""
+    # The state is replicated: any local shard holds the whole answer (also on multi-host meshes).
+    flags = jax.tree.map(lambda x: bool(np.asarray(x.addressable_data(0))), _finite_parts(state))
+    return [name for name, ok in flags.items() if not ok]
+
+
+def check_state_finite(state: Any, step: int, checkpointer: Checkpointer) -> None:
+    bad = non_finite_parts(state)
+    if bad:
+        raise NonFiniteLossError(f"non-finite training state after step {step} (in "
+                                 f"{', '.join(bad)}; not saved); {_last_verified(checkpointer)}")
 
 
 def run(*, state: Any, first_step: int, num_steps: int, train_cfg: ConfigDict,
@@ -68,6 +106,7 @@ def run(*, state: Any, first_step: int, num_steps: int, train_cfg: ConfigDict,
                 if is_lead:
                     print(reporting.format_metrics(step, num_steps, values), flush=True)
         if should_save:
+            check_state_finite(state, step, checkpointer)
             checkpointer.save(step, state, data_state(), force=True)
         if pause or preempted:
             why = "preempted" if preempted else "max_steps_per_run"

@@ -1,0 +1,59 @@
+"""The training loop's guarantees: only verified-finite states reach the disk."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import simsiam_mosaic
+from sdr_jax.errors import NonFiniteLossError
+from sdr_jax.train import checkpoint, simsiam
+
+
+def tiny_config(data_dir, **sections):
+    config = simsiam_mosaic.get_config("tiny").unlock()
+    config.data.data_dir = data_dir
+    config.eval.knn_tasks = ()
+    for key, value in sections.items():
+        section, field = key.split("__")
+        config[section][field] = value
+    return config.lock()
+
+
+def saved_steps(workdir):
+    return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+
+
+def poison_params_at(monkeypatch, bad_step):
+    """Step `bad_step` leaves inf params while its metrics (computed before the update) are
+    finite: what one step with a huge lr does."""
+    make_step_fn = simsiam.SimSiamTrainer.make_step_fn
+
+    def make(self, data_iter):
+        step_fn = make_step_fn(self, data_iter)
+
+        def poisoned(state, step):
+            state, metrics = step_fn(state, step)
+            if step == bad_step:
+                state = state.replace(params=jax.tree.map(lambda p: p * jnp.inf, state.params))
+            return state, metrics
+        return poisoned
+    monkeypatch.setattr(simsiam.SimSiamTrainer, "make_step_fn", make)
+
+
+def test_a_poisoned_state_never_reaches_disk_and_the_advised_rerun_resumes(
+        small_mosaic_dir, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(small_mosaic_dir, train__checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        poison_params_at(patch, bad_step=4)  # a checkpoint (and log) step
+        with pytest.raises(NonFiniteLossError, match=r"params.*last verified checkpoint \(step 2\)"):
+            simsiam.train_and_evaluate(config, workdir)
+    assert saved_steps(workdir) == [2]
+    _, variables, _ = checkpoint.load_run(workdir)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+    # The advised rerun (the fault gone) resumes from step 2 and finishes.
+    result = simsiam.train_and_evaluate(config, workdir)
+    assert result["finished"] and result["step"] == 6
