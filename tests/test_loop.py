@@ -1,5 +1,7 @@
-"""The training loop's guarantees: only verified-finite states reach the disk."""
+"""The training loop's guarantees: only verified-finite states reach the disk; a signal stops
+a run with a checkpoint it resumes from exactly."""
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import simsiam_mosaic
-from sdr_jax.errors import NonFiniteLossError
+from sdr_jax import launch_utils
+from sdr_jax.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import checkpoint, simsiam
 
 
@@ -57,3 +60,52 @@ def test_a_poisoned_state_never_reaches_disk_and_the_advised_rerun_resumes(
     # The advised rerun (the fault gone) resumes from step 2 and finishes.
     result = simsiam.train_and_evaluate(config, workdir)
     assert result["finished"] and result["step"] == 6
+
+
+def signal_at(monkeypatch, signal_step, signum):
+    """The process receives `signum` while step `signal_step` runs."""
+    make_step_fn = simsiam.SimSiamTrainer.make_step_fn
+
+    def make(self, data_iter):
+        step_fn = make_step_fn(self, data_iter)
+
+        def signalled(state, step):
+            if step == signal_step:
+                signal.raise_signal(signum)
+            return step_fn(state, step)
+        return signalled
+    monkeypatch.setattr(simsiam.SimSiamTrainer, "make_step_fn", make)
+
+
+def final_params(workdir):
+    return jax.tree.leaves(checkpoint.load_run(workdir)[1])
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes_bit_exact(
+        small_mosaic_dir, tmp_path, monkeypatch):
+    config = tiny_config(small_mosaic_dir)  # checkpoints at 3 and 6: the signal comes at 4
+    straight = str(tmp_path / "straight")
+    simsiam.train_and_evaluate(config, straight)
+
+    stopped = str(tmp_path / "stopped")
+    with monkeypatch.context() as patch:
+        signal_at(patch, 4, signal.SIGTERM)
+        with pytest.raises(StoppedBySignal, match="Stopped at step 4 by SIGTERM") as e:
+            simsiam.train_and_evaluate(config, stopped)
+    assert e.value.exit_code == 143
+    assert saved_steps(stopped) == [3, 4]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop's handler is gone
+
+    result = simsiam.train_and_evaluate(config, stopped)
+    assert result["finished"] and result["step"] == 6
+    for a, b in zip(final_params(stopped), final_params(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_launch_scripts_exit_with_the_signal_status(capsys):
+    def stopped():
+        raise StoppedBySignal("Stopped at step 4 by SIGINT; checkpoint saved, ...", signal.SIGINT)
+    with pytest.raises(SystemExit) as e:
+        launch_utils.run_or_fail(stopped)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "Stopped at step 4 by SIGINT; checkpoint saved, ..."

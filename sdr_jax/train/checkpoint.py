@@ -80,6 +80,9 @@ class Checkpointer:
     def reached_preemption(self, step: int) -> bool:
         return self._manager.reached_preemption(step)
 
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

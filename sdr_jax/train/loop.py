@@ -11,6 +11,8 @@ checkpoint is due, keeps a non-finite state off the disk.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 from typing import Any, Callable, Mapping
 
 import jax
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from sdr_jax.errors import NonFiniteLossError
+from sdr_jax.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import reporting
 from sdr_jax.train.checkpoint import Checkpointer
 
@@ -72,6 +74,37 @@ def check_state_finite(state: Any, step: int, checkpointer: Checkpointer) -> Non
                                  f"{', '.join(bad)}; not saved); {_last_verified(checkpointer)}")
 
 
+class StopOnSignals:
+    """While active, SIGTERM and SIGINT ask the loop to stop after the current step (with a
+    checkpoint) instead of killing the process and losing every step since the last one.
+
+    Only single-process runs: on several hosts a signal reaches one process, and stopping it
+    alone would hang the others in a collective (Orbax's preemption sync covers multi-host).
+    A second signal while stopping takes the default action (kill / KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        del frame
+        self.received = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self) -> "StopOnSignals":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def run(*, state: Any, first_step: int, num_steps: int, train_cfg: ConfigDict,
         step_fn: Callable[[Any, int], tuple[Any, Any]],
         data_state: Callable[[], Any],
@@ -87,36 +120,44 @@ def run(*, state: Any, first_step: int, num_steps: int, train_cfg: ConfigDict,
     is_lead = jax.process_index() == 0
     progress = reporting.Progress(first_step, num_steps)
     accumulated = None
-    for step in range(first_step + 1, num_steps + 1):
-        state, metrics = step_fn(state, step)
-        accumulated = metrics if accumulated is None else accumulated.merge(metrics)
-        is_last = step == num_steps
-        pause = 0 < train_cfg.max_steps_per_run <= step - first_step
-        preempted = checkpointer.reached_preemption(step)
-        should_log = step % train_cfg.log_every == 0 or is_last
-        should_save = step % train_cfg.checkpoint_every == 0 or is_last or pause or preempted
-        if should_log or should_save:
-            values = {k: float(v) for k, v in accumulated.compute().items()}
-            accumulated = None
-            check_finite(values, step, checkpointer)  # before anything bad can be saved
-            if should_log:
-                values.update(log_extras(step))
-                values.update(progress.update(step))
-                writer.write_scalars(step, values)
-                if is_lead:
-                    print(reporting.format_metrics(step, num_steps, values), flush=True)
-        if should_save:
-            check_state_finite(state, step, checkpointer)
-            checkpointer.save(step, state, data_state(), force=True)
-        if pause or preempted:
-            why = "preempted" if preempted else "max_steps_per_run"
-            print(f"Stopped at step {step} ({why}); checkpoint saved, run again to resume.",
-                  flush=True)
-            return LoopResult(state, finished=False)
-        if monitor and train_cfg.knn_every and step % train_cfg.knn_every == 0 and not is_last:
-            results = monitor(state, step)
-            writer.write_scalars(step, results)
-            if is_lead:
-                print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()),
+    with StopOnSignals() as signals:
+        for step in range(first_step + 1, num_steps + 1):
+            state, metrics = step_fn(state, step)
+            accumulated = metrics if accumulated is None else accumulated.merge(metrics)
+            is_last = step == num_steps
+            pause = 0 < train_cfg.max_steps_per_run <= step - first_step
+            preempted = checkpointer.reached_preemption(step)
+            signalled = signals.received
+            should_log = step % train_cfg.log_every == 0 or is_last
+            should_save = (step % train_cfg.checkpoint_every == 0 or is_last or pause or preempted
+                           or signalled is not None)
+            if should_log or should_save:
+                values = {k: float(v) for k, v in accumulated.compute().items()}
+                accumulated = None
+                check_finite(values, step, checkpointer)  # before anything bad can be saved
+                if should_log:
+                    values.update(log_extras(step))
+                    values.update(progress.update(step))
+                    writer.write_scalars(step, values)
+                    if is_lead:
+                        print(reporting.format_metrics(step, num_steps, values), flush=True)
+            if should_save:
+                check_state_finite(state, step, checkpointer)
+                checkpointer.save(step, state, data_state(), force=True)
+            if signalled is not None:
+                checkpointer.wait_until_finished()
+                name = signal.Signals(signalled).name
+                raise StoppedBySignal(f"Stopped at step {step} by {name}; checkpoint saved, run "
+                                      f"the same command again to resume.", signalled)
+            if pause or preempted:
+                why = "preempted" if preempted else "max_steps_per_run"
+                print(f"Stopped at step {step} ({why}); checkpoint saved, run again to resume.",
                       flush=True)
+                return LoopResult(state, finished=False)
+            if monitor and train_cfg.knn_every and step % train_cfg.knn_every == 0 and not is_last:
+                results = monitor(state, step)
+                writer.write_scalars(step, results)
+                if is_lead:
+                    print(f"step {step}: "
+                          + ", ".join(f"{k} {v:.4g}" for k, v in results.items()), flush=True)
     return LoopResult(state, finished=True)
