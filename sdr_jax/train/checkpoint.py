@@ -2,14 +2,23 @@
 
 A workdir belongs to one model: its config is recorded in `config.json` at the first start, and a
 restart with another model config is refused before anything is read or written.
+
+Every reader of a run (training's resume, `load_run` for clustering, routing, evaluation) restores
+the latest *intact* checkpoint: a damaged one (a truncated file, a missing `_METADATA`, non-finite
+values) gets a one-line warning and the previous one is tried.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, Callable, TypeVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
@@ -17,6 +26,8 @@ from ml_collections import ConfigDict
 from sdr_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
+DAMAGED_DIR = "checkpoints_damaged"  # where a resuming run moves damaged checkpoints (kept)
+T = TypeVar("T")
 
 
 def check_workdir_config(workdir: str, config: ConfigDict, *, keys: tuple[str, ...] = ("model",)) -> None:
@@ -46,6 +57,66 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.') or 'value'}: {a!r} in the workdir, {b!r} now"
 
 
+@jax.jit
+def _finite_parts(state: Any) -> dict[str, jax.Array]:
+    """{field of the state: all its float entries are finite}, one reduction per field."""
+    def finite(tree):
+        flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                 if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.stack(flags).all() if flags else jnp.asarray(True)
+    fields = ({f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+              if dataclasses.is_dataclass(state) else dict(state))
+    return {name: finite(value) for name, value in fields.items()}
+
+
+def non_finite_parts(state: Any) -> list[str]:
+    """The fields of `state` (params, batch_stats, opt_state, ...) holding a NaN or inf."""
+    # The state is replicated: any local shard holds the whole answer (also on multi-host meshes).
+    flags = jax.tree.map(lambda x: bool(np.asarray(x.addressable_data(0))), _finite_parts(state))
+    return [name for name, ok in flags.items() if not ok]
+
+
+def _reason(error: BaseException) -> str:
+    # TensorStore appends its whole spec to the first line; the part before says what failed.
+    text = str(error).strip().split(" See full TensorStore details")[0]
+    return text.splitlines()[0][:160] if text else type(error).__name__
+
+
+def restore_latest_intact(directory: epath.Path, steps: list[int], restore_step: Callable[[int], T],
+                          *, then: str) -> tuple[int, T, list[int]]:
+    """(step, restore_step(step), damaged steps) for the latest step that restores.
+
+    Damage takes many forms (tensorstore read errors, a missing file, JSON errors, non-finite
+    values), so any exception of a step counts: the damaged steps and why are named in one
+    warning line (ending with `then`, what the caller does about it), and when no step restores
+    one CheckpointError lists them all.
+    """
+    damaged = []
+    for step in sorted(steps, reverse=True):
+        try:
+            restored = restore_step(step)
+        except Exception as e:  # noqa: BLE001 -- see above; the reason is reported, not hidden
+            damaged.append((step, _reason(e)))
+            continue
+        if damaged and jax.process_index() == 0:
+            print(f"warning: damaged checkpoint in {directory} ({_describe(damaged)}); using step "
+                  f"{step}{then}.", file=sys.stderr, flush=True)
+        return step, restored, [s for s, _ in damaged]
+    raise CheckpointError(f"no intact checkpoint in {directory} ({_describe(damaged)}); use a new "
+                          f"--workdir, or restore the files.")
+
+
+def _describe(damaged: list[tuple[int, str]]) -> str:
+    return "; ".join(f"step {step}: {reason}" for step, reason in damaged)
+
+
+def _finite_or_raise(state: Any) -> Any:
+    bad = non_finite_parts(state)
+    if bad:
+        raise ValueError(f"non-finite values in {', '.join(bad)}")
+    return state
+
+
 class Checkpointer:
     """Saves and restores {'state': pytree, 'data': JSON-able input-pipeline state}."""
 
@@ -60,18 +131,40 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def restore(self, abstract_state: Any) -> tuple[Any, Any] | None:
-        """The latest (state, data_state), or None when the workdir has no checkpoint yet."""
-        step = self._manager.latest_step()
-        if step is None:
+        """The latest intact (state, data_state), or None when the workdir has no checkpoint.
+
+        Damaged later checkpoints are moved to WORKDIR/checkpoints_damaged (kept for a look),
+        so that the resumed run can write those steps again.
+        """
+        steps = self._manager.all_steps()
+        if not steps:
             return None
-        try:
+
+        def restore_step(step):
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointError(
-                f"checkpoint {self.directory}/{step} does not fit this model "
-                f"({str(e).splitlines()[0][:200]}); use a new --workdir.") from e
-        return restored["state"], restored["data"]
+            return _finite_or_raise(restored["state"]), restored["data"]
+
+        aside = self.directory.parent / DAMAGED_DIR
+        _, restored, damaged = restore_latest_intact(
+            self.directory, steps, restore_step, then=f" (the damaged ones move to {aside})")
+        if damaged:
+            self._move_aside(damaged, aside)
+        return restored
+
+    def _move_aside(self, steps: list[int], aside: epath.Path) -> None:
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target = aside / str(step)
+                if target.exists():
+                    target = aside / f"{step}.{int(time.time())}"
+                (self.directory / str(step)).rename(target)
+        # Other hosts must not look before the move is done (shared storage).
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("checkpoint_move_aside")
+        self._manager.reload()
 
     def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> None:
         self._manager.save(step, args=ocp.args.Composite(
@@ -107,16 +200,24 @@ def load_run(workdir: str, step: int | None = None) -> tuple[ConfigDict, dict, i
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(create=False))
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
+    steps = manager.all_steps() if step is None else [step]
+    if not steps or steps[0] not in manager.all_steps():
         raise CheckpointError(f"{workdir} has no checkpoint{'' if step is None else f' {step}'}; "
                               f"train first (launch/train.py --workdir={workdir}).")
     # Restore against the saved shapes placed on this process's first device, so a run saved on
     # one topology (8 accelerators, a pod) loads on any other (a laptop CPU).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          manager.item_metadata(step)["state"])
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))["state"]
-    manager.close()
-    return config, {"params": state["params"], "batch_stats": state["batch_stats"]}, step
+
+    def restore_step(step):
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              manager.item_metadata(step)["state"])
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))["state"]
+        return _finite_or_raise({"params": state["params"], "batch_stats": state["batch_stats"]})
+
+    try:
+        step, variables, _ = restore_latest_intact(manager.directory, steps, restore_step,
+                                                   then="")
+    finally:
+        manager.close()
+    return config, variables, step

@@ -16,12 +16,12 @@ import threading
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
 from sdr_jax.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import reporting
+from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train.checkpoint import Checkpointer
 
 
@@ -48,27 +48,8 @@ def check_finite(metrics: Mapping[str, float], step: int, checkpointer: Checkpoi
                              f"{_last_verified(checkpointer)}")
 
 
-@jax.jit
-def _finite_parts(state: Any) -> dict[str, jax.Array]:
-    """{field of the state: all its float entries are finite}, one reduction per field."""
-    def finite(tree):
-        flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
-                 if jnp.issubdtype(x.dtype, jnp.inexact)]
-        return jnp.stack(flags).all() if flags else jnp.asarray(True)
-    fields = ({f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-              if dataclasses.is_dataclass(state) else dict(state))
-    return {name: finite(value) for name, value in fields.items()}
-
-
-def non_finite_parts(state: Any) -> list[str]:
-    """The fields of `state` (params, batch_stats, opt_state, ...) holding a NaN or inf."""
-    # The state is replicated: any local shard holds the whole answer (also on multi-host meshes).
-    flags = jax.tree.map(lambda x: bool(np.asarray(x.addressable_data(0))), _finite_parts(state))
-    return [name for name, ok in flags.items() if not ok]
-
-
 def check_state_finite(state: Any, step: int, checkpointer: Checkpointer) -> None:
-    bad = non_finite_parts(state)
+    bad = checkpoint_lib.non_finite_parts(state)
     if bad:
         raise NonFiniteLossError(f"non-finite training state after step {step} (in "
                                  f"{', '.join(bad)}; not saved); {_last_verified(checkpointer)}")

@@ -1,0 +1,78 @@
+"""Checkpoints a run can trust: damaged ones are skipped (with one warning line) by every reader."""
+import glob
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import simsiam_mosaic
+from sdr_jax.errors import CheckpointError
+from sdr_jax.train import checkpoint, simsiam
+
+
+def tiny_config(data_dir):
+    config = simsiam_mosaic.get_config("tiny").unlock()  # checkpoints at steps 3 and 6
+    config.data.data_dir = data_dir
+    config.eval.knn_tasks = ()
+    return config.lock()
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_mosaic_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "simsiam")
+    simsiam.train_and_evaluate(tiny_config(small_mosaic_dir), workdir)
+    return workdir
+
+
+def truncate_data(step_dir):
+    largest = max(glob.glob(f"{step_dir}/state/**/d/*", recursive=True), key=os.path.getsize)
+    os.truncate(largest, os.path.getsize(largest) // 2)
+
+
+def delete_metadata(step_dir):
+    os.remove(f"{step_dir}/state/_METADATA")
+
+
+def leaves(variables):
+    return jax.tree.leaves(variables)
+
+
+@pytest.mark.parametrize("damage", [truncate_data, delete_metadata])
+def test_readers_fall_back_to_the_previous_intact_checkpoint(finished_run, tmp_path, capsys,
+                                                             damage):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run, workdir)
+    damage(f"{workdir}/checkpoints/6")
+    _, variables, step = checkpoint.load_run(workdir)
+    assert step == 3
+    _, want, _ = checkpoint.load_run(finished_run, 3)
+    for a, b in zip(leaves(variables), leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: damaged checkpoint"), warning
+    assert "step 6:" in warning[0] and "using step 3" in warning[0]
+
+
+def test_training_resumes_from_the_intact_one_and_redoes_the_damaged_steps(
+        finished_run, small_mosaic_dir, tmp_path, capsys):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run, workdir)
+    truncate_data(f"{workdir}/checkpoints/6")
+    result = simsiam.train_and_evaluate(tiny_config(small_mosaic_dir), workdir)
+    assert result["finished"] and result["step"] == 6
+    assert "using step 3" in capsys.readouterr().err
+    assert os.listdir(f"{workdir}/{checkpoint.DAMAGED_DIR}") == ["6"]  # kept for a look
+    for a, b in zip(leaves(checkpoint.load_run(workdir)[1]),
+                    leaves(checkpoint.load_run(finished_run)[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_intact_checkpoint_is_one_error(finished_run, tmp_path):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(finished_run, workdir)
+    truncate_data(f"{workdir}/checkpoints/6")
+    delete_metadata(f"{workdir}/checkpoints/3")
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint .*step 6: .*step 3: .*_METADATA"):
+        checkpoint.load_run(workdir)
