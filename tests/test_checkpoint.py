@@ -1,6 +1,8 @@
-"""Checkpoints a run can trust: damaged ones are skipped (with one warning line) by every reader."""
+"""Workdirs a run can trust: damaged checkpoints are skipped (with one warning line) by every
+reader; a bad config is refused before anything is written."""
 import glob
 import os
+import re
 import shutil
 
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import simsiam_mosaic
-from sdr_jax.errors import CheckpointError
+from sdr_jax.errors import CheckpointError, SDRError
 from sdr_jax.train import checkpoint, simsiam
 
 
@@ -76,3 +78,22 @@ def test_no_intact_checkpoint_is_one_error(finished_run, tmp_path):
     delete_metadata(f"{workdir}/checkpoints/3")
     with pytest.raises(CheckpointError, match=r"no intact checkpoint .*step 6: .*step 3: .*_METADATA"):
         checkpoint.load_run(workdir)
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("model", "arch", "resnet7", "Unknown arch 'resnet7'"),
+    ("model", "width", 0.0, "64*width must be a positive integer"),
+    ("train", "checkpoint_every", 0, "train.checkpoint_every=0"),
+    ("train", "log_every", 0, "train.log_every=0"),
+    ("train", "num_steps", -5, "train.num_steps=-5"),
+    ("eval", "knn_tasks", ("mnistt",), "unknown task 'mnistt'"),
+])
+def test_a_bad_config_is_refused_before_the_workdir_is_touched(
+        small_mosaic_dir, tmp_path, section, field, value, message):
+    config = tiny_config(small_mosaic_dir).unlock()
+    config[section][field] = value
+    workdir = str(tmp_path / "run")
+    with pytest.raises((SDRError, ValueError), match=re.escape(message)):
+        simsiam.train_and_evaluate(config.lock(), workdir)
+    assert not os.path.exists(workdir)
+    checkpoint.check_workdir_config(workdir, tiny_config(small_mosaic_dir))  # the fixed command
