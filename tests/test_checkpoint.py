@@ -1,6 +1,7 @@
 """Workdirs a run can trust: damaged checkpoints are skipped (with one warning line) by every
 reader; a bad config is refused before anything is written."""
 import glob
+import json
 import os
 import re
 import shutil
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import simsiam_mosaic
+from configs import sdr_mosaic, simsiam_mosaic
 from sdr_jax.errors import CheckpointError, SDRError
 from sdr_jax.train import checkpoint, simsiam
 
@@ -97,3 +98,48 @@ def test_a_bad_config_is_refused_before_the_workdir_is_touched(
         simsiam.train_and_evaluate(config.lock(), workdir)
     assert not os.path.exists(workdir)
     checkpoint.check_workdir_config(workdir, tiny_config(small_mosaic_dir))  # the fixed command
+
+
+def changed(config, fields):
+    config = config.copy_and_resolve_references().unlock()
+    for key, value in fields.items():
+        *sections, field = key.split(".")
+        owner = config
+        for section in sections:
+            owner = owner[section]
+        owner[field] = value
+    return config.lock()
+
+
+def test_resume_refuses_trajectory_changes_unless_allowed_and_records_them(tmp_path):
+    config = sdr_mosaic.get_config("tiny")
+    workdir = str(tmp_path)
+    checkpoint.check_workdir_config(workdir, config)
+    checkpoint.check_workdir_config(workdir, config)  # the same command resumes
+
+    for fields, named in [
+            ({"optim.base_lr": 1.0}, "optim.base_lr: 0.05 in the workdir, 1.0 now"),
+            ({"optim.batch_size": 32, "train.num_steps": 9},
+             "optim.batch_size: 16 in the workdir, 32 now; train.num_steps: 6 in the workdir"),
+            ({"seed": 3}, "seed: 0 in the workdir, 3 now"),
+            ({"sdr.assignments": "other.npz"}, "sdr.assignments: '' in the workdir"),
+    ]:
+        with pytest.raises(CheckpointError, match=re.escape(named)):
+            checkpoint.check_workdir_config(workdir, changed(config, fields))
+    assert not os.path.exists(tmp_path / checkpoint.HISTORY_FILE)
+
+    # Reporting cadences may change; an explicit override lets the lr change too; both recorded.
+    checkpoint.check_workdir_config(workdir, changed(config, {"train.log_every": 1}))
+    checkpoint.check_workdir_config(workdir, changed(config, {
+        "train.log_every": 1, "optim.base_lr": 0.01, "train.allow_config_change": True}))
+    recorded = json.loads((tmp_path / checkpoint.CONFIG_FILE).read_text())
+    assert recorded["optim"]["base_lr"] == 0.01 and recorded["train"]["log_every"] == 1
+    history = [json.loads(line) for line in open(tmp_path / checkpoint.HISTORY_FILE)]
+    assert [h["override"] for h in history] == [False, True]
+    assert history[0]["changed"] == {"train.log_every": {"was": 2, "now": 1}}
+    assert history[1]["changed"]["optim.base_lr"] == {"was": 0.05, "now": 0.01}
+
+    # Another model never fits the checkpoints, override or not.
+    with pytest.raises(CheckpointError, match="another 'model' config"):
+        checkpoint.check_workdir_config(workdir, changed(
+            config, {"model.proj_dim": 48, "train.allow_config_change": True}))

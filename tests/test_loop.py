@@ -51,14 +51,18 @@ def test_a_poisoned_state_never_reaches_disk_and_the_advised_rerun_resumes(
     config = tiny_config(small_mosaic_dir, train__checkpoint_every=2)
     with monkeypatch.context() as patch:
         poison_params_at(patch, bad_step=4)  # a checkpoint (and log) step
-        with pytest.raises(NonFiniteLossError, match=r"params.*last verified checkpoint \(step 2\)"):
+        with pytest.raises(NonFiniteLossError,
+                           match=r"params.*last verified checkpoint \(step 2\)") as e:
             simsiam.train_and_evaluate(config, workdir)
     assert saved_steps(workdir) == [2]
     _, variables, _ = checkpoint.load_run(workdir)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
-    # The advised rerun (the fault gone) resumes from step 2 and finishes.
-    result = simsiam.train_and_evaluate(config, workdir)
+    # The advised rerun (a lower lr, the change allowed) resumes from step 2 and finishes.
+    assert "--config.train.allow_config_change=True" in str(e.value)
+    result = simsiam.train_and_evaluate(tiny_config(
+        small_mosaic_dir, train__checkpoint_every=2, optim__base_lr=0.01,
+        train__allow_config_change=True), workdir)
     assert result["finished"] and result["step"] == 6
 
 

@@ -30,23 +30,69 @@ DAMAGED_DIR = "checkpoints_damaged"  # where a resuming run moves damaged checkp
 T = TypeVar("T")
 
 
-def check_workdir_config(workdir: str, config: ConfigDict, *, keys: tuple[str, ...] = ("model",)) -> None:
-    """Records `config` in the workdir, or checks that the recorded one agrees on `keys`."""
+# Fields a resumed run may change freely: where files are and how often it reports, nothing that
+# changes the trajectory of the params (a resumed run continues the same run, or says it does not).
+FREE_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+               "train.max_steps_per_run", "train.knn_every", "train.allow_config_change",
+               "data.data_dir", "eval.")
+HISTORY_FILE = "config_history.jsonl"
+
+
+def check_workdir_config(workdir: str, config: ConfigDict) -> None:
+    """Records `config` in the workdir, or checks it field by field against the recorded one.
+
+    Another model is always refused (the checkpoints would not fit). Another value of a field
+    that changes the trajectory (lr, batch size, seed, steps, the SDR assignments, ...) is refused
+    with the fields named, unless `train.allow_config_change`; accepted changes update
+    `config.json` and are appended to `config_history.jsonl`, so the workdir tells the truth.
+    """
     path = epath.Path(workdir) / CONFIG_FILE
     current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        for key in keys:
-            if recorded.get(key) != current.get(key):
-                raise CheckpointError(
-                    f"workdir {workdir} holds a run with another '{key}' config "
-                    f"({_first_difference(recorded.get(key), current.get(key))}); "
-                    f"use a new --workdir or the config that made it.")
+    if not path.exists():
+        _write_json(path, current)
         return
+    recorded = json.loads(path.read_text())
+    if recorded.get("model") != current.get("model"):
+        raise CheckpointError(
+            f"workdir {workdir} holds a run with another 'model' config "
+            f"({_first_difference(recorded.get('model'), current.get('model'))}); "
+            f"use a new --workdir or the config that made it.")
+    changes = _changed_fields(recorded, current)
+    if not changes:
+        return
+    trajectory = {k: v for k, v in changes.items() if not k.startswith(FREE_FIELDS)}
+    allowed = current.get("train", {}).get("allow_config_change", False)
+    if trajectory and not allowed:
+        named = "; ".join(f"{k}: {old!r} in the workdir, {new!r} now"
+                          for k, (old, new) in trajectory.items())
+        raise CheckpointError(
+            f"workdir {workdir} holds a run with other settings ({named}); rerun with the "
+            f"recorded values, a new --workdir, or --config.train.allow_config_change=True to "
+            f"continue it with these (recorded in {HISTORY_FILE}).")
+    if jax.process_index() == 0:
+        with open(epath.Path(workdir) / HISTORY_FILE, "a") as history:
+            history.write(json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "override": bool(trajectory),
+                "changed": {k: {"was": old, "now": new} for k, (old, new) in changes.items()},
+            }) + "\n")
+        _write_json(path, current)
+
+
+def _write_json(path: epath.Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def _changed_fields(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{'section.field': (value in a, value in b)} for every leaf that differs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        changes = {}
+        for key in sorted(set(a) | set(b)):
+            changes.update(_changed_fields(a.get(key), b.get(key), f"{prefix}{key}."))
+        return changes
+    return {} if a == b else {prefix.rstrip("."): (a, b)}
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

@@ -36,8 +36,8 @@ def _last_verified(checkpointer: Checkpointer) -> str:
     if last is None:
         return "no checkpoint was written; rerun with a lower optim.base_lr or check the data."
     return (f"the last verified checkpoint (step {last}) is kept; rerun with a lower "
-            f"optim.base_lr to resume from it (or a new --workdir to start over), or check the "
-            f"data.")
+            f"--config.optim.base_lr and --config.train.allow_config_change=True to resume from "
+            f"it (or a new --workdir to start over), or check the data.")
 
 
 def check_finite(metrics: Mapping[str, float], step: int, checkpointer: Checkpointer) -> None:
