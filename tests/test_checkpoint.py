@@ -5,6 +5,9 @@ import json
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -143,3 +146,22 @@ def test_resume_refuses_trajectory_changes_unless_allowed_and_records_them(tmp_p
     with pytest.raises(CheckpointError, match="another 'model' config"):
         checkpoint.check_workdir_config(workdir, changed(
             config, {"model.proj_dim": 48, "train.allow_config_change": True}))
+
+
+def test_one_writer_per_workdir_and_a_dead_writers_lock_is_taken_over(small_mosaic_dir, tmp_path,
+                                                                      capsys):
+    workdir = str(tmp_path)
+    lock = tmp_path / checkpoint.LOCK_FILE
+    with checkpoint.workdir_lock(workdir):
+        with pytest.raises(CheckpointError, match=f"in use by process {os.getpid()}"):
+            simsiam.train_and_evaluate(tiny_config(small_mosaic_dir), workdir)
+        assert os.listdir(workdir) == [checkpoint.LOCK_FILE]  # the second run wrote nothing
+    assert not lock.exists()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))  # a SIGKILLed run
+    with checkpoint.workdir_lock(workdir):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "taking over the lock of a dead run" in capsys.readouterr().err
+    assert os.listdir(workdir) == []

@@ -9,12 +9,14 @@ values) gets a one-line warning and the previous one is tried.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import socket
 import sys
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,67 @@ FREE_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoi
                "train.max_steps_per_run", "train.knn_every", "train.allow_config_change",
                "data.data_dir", "eval.")
 HISTORY_FILE = "config_history.jsonl"
+LOCK_FILE = "lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """One writer per workdir: two runs on one (a duplicated job, a second terminal) would
+    interleave their checkpoints and metrics. A lock left by a killed run (its pid gone on this
+    host) is taken over. Local filesystems only (an object store has no atomic create)."""
+    if jax.process_index() != 0 or "://" in str(workdir):
+        yield
+        return
+    root = epath.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    path = os.fspath(root / LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    # Written aside then hard-linked: the lock appears atomically, already holding its owner.
+    mine = f"{path}.{me['pid']}"
+    with open(mine, "w") as f:
+        json.dump(me, f)
+    try:
+        while True:
+            try:
+                os.link(mine, path)
+                break
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is not None and not _is_dead(holder):
+                    raise CheckpointError(
+                        f"workdir {workdir} is in use by process {holder['pid']} on "
+                        f"{holder['host']}; wait for it, or delete {path} if it is gone.") from None
+                print(f"warning: taking over the lock of a dead run ({holder}) in {workdir}.",
+                      file=sys.stderr, flush=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+    finally:
+        os.remove(mine)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _lock_holder(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _is_dead(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False  # another host's pids cannot be checked from here
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def check_workdir_config(workdir: str, config: ConfigDict) -> None:

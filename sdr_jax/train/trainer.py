@@ -126,7 +126,13 @@ def fit(trainer_cls: type[Trainer], config: ConfigDict, workdir: str) -> dict[st
     """
     trainer = trainer_cls(config, workdir)
     abstract_state = trainer.abstract_state()
-    checkpoint_lib.check_workdir_config(workdir, config)
+    with checkpoint_lib.workdir_lock(workdir):
+        checkpoint_lib.check_workdir_config(workdir, config)
+        return _fit_locked(trainer, abstract_state, config, workdir)
+
+
+def _fit_locked(trainer: Trainer, abstract_state: Any, config: ConfigDict, workdir: str
+                ) -> dict[str, Any]:
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     is_lead = jax.process_index() == 0
     writer = reporting.MetricWriter(workdir, enabled=is_lead)
