@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 from sdr_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"  # where a resuming run moves damaged checkpoints (kept)
 T = TypeVar("T")
 
@@ -104,7 +105,7 @@ def _is_dead(holder: dict) -> bool:
 def check_workdir_config(workdir: str, config: ConfigDict) -> None:
     """Records `config` in the workdir, or checks it field by field against the recorded one.
 
-    Another model is always refused (the checkpoints would not fit). Another value of a field
+    Another model is refused once a checkpoint exists (it would not fit). Another value of a field
     that changes the trajectory (lr, batch size, seed, steps, the SDR assignments, ...) is refused
     with the fields named, unless `train.allow_config_change`; accepted changes update
     `config.json` and are appended to `config_history.jsonl`, so the workdir tells the truth.
@@ -115,7 +116,9 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
         _write_json(path, current)
         return
     recorded = json.loads(path.read_text())
-    if recorded.get("model") != current.get("model"):
+    checkpoints = epath.Path(workdir) / CHECKPOINT_DIR
+    resumes = checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if recorded.get("model") != current.get("model") and resumes:
         raise CheckpointError(
             f"workdir {workdir} holds a run with another 'model' config "
             f"({_first_difference(recorded.get('model'), current.get('model'))}); "
@@ -123,7 +126,9 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
     changes = _changed_fields(recorded, current)
     if not changes:
         return
-    trajectory = {k: v for k, v in changes.items() if not k.startswith(FREE_FIELDS)}
+    # Without a checkpoint (a run stopped before its first) nothing is continued: any change goes.
+    trajectory = {k: v for k, v in changes.items() if not k.startswith(FREE_FIELDS)} \
+        if resumes else {}
     allowed = current.get("train", {}).get("allow_config_change", False)
     if trajectory and not allowed:
         named = "; ".join(f"{k}: {old!r} in the workdir, {new!r} now"
@@ -230,7 +235,7 @@ class Checkpointer:
     """Saves and restores {'state': pytree, 'data': JSON-able input-pipeline state}."""
 
     def __init__(self, workdir: str, *, max_to_keep: int = 3):
-        self.directory = epath.Path(workdir).absolute() / "checkpoints"
+        self.directory = epath.Path(workdir).absolute() / CHECKPOINT_DIR
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -305,7 +310,7 @@ def load_run(workdir: str, step: int | None = None) -> tuple[ConfigDict, dict, i
     # Not read_only=True: that logs two warnings on every load (noise around the one-line
     # errors of launch scripts); a manager that never saves writes nothing either way.
     manager = ocp.CheckpointManager(
-        root.absolute() / "checkpoints", item_names=("state", "data"),
+        root.absolute() / CHECKPOINT_DIR, item_names=("state", "data"),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(create=False))
