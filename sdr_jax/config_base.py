@@ -49,6 +49,8 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
     config.train.max_steps_per_run = 0     # > 0: stop (with a checkpoint) after this many steps;
                                            # the next run resumes (time-sliced jobs)
     config.train.knn_every = 0             # online kNN monitor every N steps (0 = only at the end)
+    config.train.allow_config_change = False  # True: resume a workdir with other trajectory
+                                           # fields (lr, steps, ...); recorded in its history
 
     config.eval = ConfigDict()
     config.eval.knn_tasks = ()             # downstream tasks (see sdr_jax.data.datasets.TASKS)

@@ -15,3 +15,17 @@ class CheckpointError(SDRError):
 
 class NonFiniteLossError(SDRError):
     """Training produced a NaN or infinite loss."""
+
+
+class StoppedBySignal(Exception):
+    """SIGTERM or SIGINT stopped a run after its current step, with a checkpoint.
+
+    Not an SDRError (nothing is wrong with the input): launch scripts print the message and exit
+    with the shell's status for that signal, 128 + its number (143 for SIGTERM, 130 for SIGINT),
+    so a scheduler sees a stopped, resumable run rather than a failure or a success.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

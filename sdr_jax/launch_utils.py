@@ -8,7 +8,7 @@ from typing import Any, Callable, NoReturn
 import jax
 from absl import flags, logging
 
-from sdr_jax.errors import SDRError
+from sdr_jax.errors import SDRError, StoppedBySignal
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -47,8 +47,12 @@ def fail(message: str) -> NoReturn:
 
 def run_or_fail(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Runs fn; a user-input error (SDRError, or a ValueError from config checks) becomes one
-    line on stderr and exit code 1."""
+    line on stderr and exit code 1; a run stopped by SIGTERM/SIGINT (checkpoint saved) one line
+    and exit code 128 + the signal's number."""
     try:
         return fn(*args, **kwargs)
+    except StoppedBySignal as e:
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     except (SDRError, ValueError) as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -154,3 +154,14 @@ def test_summary():
     assert out["top_purity"] == 1.0 and out["top_nmi"] == pytest.approx(1.0)
     assert 0 < out["leaf_nmi"] < 1
     assert "top_nmi" not in summarize(a)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
+def test_a_damaged_file_is_one_clear_error(tmp_path, damage):
+    path = tmp_path / "a.npz"
+    _assignments().save(path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:len(data) // 2], "empty": b"",
+                      "random": np.random.default_rng(0).bytes(len(data))}[damage])
+    with pytest.raises(AssignmentsError, match="not a readable assignments file"):
+        assignments_lib.load(path)

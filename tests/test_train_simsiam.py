@@ -167,3 +167,18 @@ def test_plot_metrics_draws_every_logged_term(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         reporting.plot_metrics(str(tmp_path / "empty"), str(tmp_path / "x.png"))
+
+
+def test_metrics_survive_a_row_torn_by_a_kill(tmp_path):
+    workdir = str(tmp_path)
+    writer = reporting.MetricWriter(workdir)
+    writer.write_scalars(1, {"loss": -0.1})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # killed mid-write
+    writer = reporting.MetricWriter(workdir)  # the resumed run
+    writer.write_scalars(2, {"loss": -0.2})
+    writer.close()
+    rows = reporting.read_metrics(workdir)
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, -0.1), (2, -0.2)]
+    assert reporting.plot_metrics(workdir, str(tmp_path / "curves.png")) == ["loss"]

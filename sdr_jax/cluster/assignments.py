@@ -16,6 +16,8 @@ split is block L-1's choice and the leaves under a node form one contiguous id r
 import dataclasses
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,8 +156,10 @@ def load(path: str | os.PathLike, *, num_groups: int | None = None,
         with np.load(path, allow_pickle=False) as data:
             arrays = dict(data)
         metadata = json.loads(str(arrays.pop("metadata")))
-    except (ValueError, KeyError, OSError) as e:
-        raise AssignmentsError(f"{path} is not a readable assignments file: {e}") from e
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # A truncated, empty or overwritten file: what numpy's zip reader raises for each.
+        raise AssignmentsError(f"{path} is not a readable assignments file "
+                               f"({type(e).__name__}: {e}); re-run the clustering job.") from e
     if metadata.get("format_version") != FORMAT_VERSION:
         raise AssignmentsError(f"{path} has format version {metadata.get('format_version')}; "
                                f"this code reads version {FORMAT_VERSION}.")

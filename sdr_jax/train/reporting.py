@@ -25,7 +25,16 @@ class MetricWriter:
             return
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        path = workdir / "metrics.jsonl"
+        # A run killed mid-write leaves a partial last row: start a new line after it.
+        torn = False
+        if path.exists() and path.stat().length:
+            with path.open("rb") as f:
+                f.seek(-1, 2)
+                torn = f.read(1) != b"\n"
+        self._jsonl = open(path, "a")
+        if torn:
+            self._jsonl.write("\n")
         try:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:  # TensorBoard is optional: the JSONL file has everything.
@@ -60,7 +69,10 @@ def read_metrics(workdir: str) -> list[dict]:
         return []
     rows = {}
     for line in path.read_text().splitlines():
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the half-written last row of a killed run (the writer starts a new line)
         rows.setdefault(row["step"], {}).update(row)
     return [rows[s] for s in sorted(rows)]
 

@@ -23,6 +23,27 @@ from sdr_jax.train.state import TrainState, create_train_state
 DATA_AXIS = mesh_lib.DATA_AXIS
 
 
+def check_config(config: ConfigDict) -> None:
+    """The schedule, cadence and evaluation fields every run needs; the model, data and method
+    fields are checked by building them (`Trainer.__init__`, `Trainer.abstract_state`)."""
+    train = config.train
+    for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        if train[field] < 1:
+            raise ConfigError(f"train.{field}={train[field]}; it must be >= 1.")
+    for field in ("num_steps", "max_steps_per_run", "knn_every"):
+        if train[field] < 0:
+            raise ConfigError(f"train.{field}={train[field]}; it must be >= 0 (0 = "
+                              f"{_ZERO_MEANS[field]}).")
+    if not config.optim.base_lr > 0:
+        raise ConfigError(f"optim.base_lr={config.optim.base_lr}; it must be > 0.")
+    for name in config.eval.knn_tasks:
+        tasks.get_task(name)
+
+
+_ZERO_MEANS = {"num_steps": "use train.num_epochs", "max_steps_per_run": "no limit",
+               "knn_every": "only at the end"}
+
+
 def num_train_steps(config: ConfigDict, dataset_size: int) -> int:
     if config.train.num_steps > 0:
         return config.train.num_steps
@@ -39,6 +60,7 @@ class Trainer:
     name = "training"
 
     def __init__(self, config: ConfigDict, workdir: str):
+        check_config(config)
         self.config = config
         self.workdir = workdir
         self.mesh = mesh_lib.make_data_mesh()
@@ -97,13 +119,24 @@ class Trainer:
 
 
 def fit(trainer_cls: type[Trainer], config: ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (resuming from the workdir's latest checkpoint) and returns the final kNN results."""
-    checkpoint_lib.check_workdir_config(workdir, config)
+    """Trains (resuming from the workdir's latest checkpoint) and returns the final kNN results.
+
+    The whole config is validated (the trainer and the state's shapes built) before anything is
+    written to the workdir: a typo must not leave a `config.json` that refuses the fixed command.
+    """
     trainer = trainer_cls(config, workdir)
+    abstract_state = trainer.abstract_state()
+    with checkpoint_lib.workdir_lock(workdir):
+        checkpoint_lib.check_workdir_config(workdir, config)
+        return _fit_locked(trainer, abstract_state, config, workdir)
+
+
+def _fit_locked(trainer: Trainer, abstract_state: Any, config: ConfigDict, workdir: str
+                ) -> dict[str, Any]:
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     is_lead = jax.process_index() == 0
     writer = reporting.MetricWriter(workdir, enabled=is_lead)
-    restored = checkpointer.restore(trainer.abstract_state())
+    restored = checkpointer.restore(abstract_state)
     if restored is None:
         state, data_state = trainer.init_state(), None
     else:
