@@ -5,14 +5,15 @@
 
 One sub-config per stage, each the stage's own config file (override any field, e.g.
 --config.sdr.train.num_steps=600 or --config.route.bn=running); the pipeline wires the stages
-together (cluster.pretrain_workdir, sdr.sdr.assignments), so leave those empty. `data_dir`, when
-set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
-(ResNet-18 x0.25, 32x32): the SimSiam run is the baseline of the summary table.
+together (cluster.pretrain_workdir, sdr.sdr.assignments, sdr.sdr.init_from), so leave those
+empty. `data_dir`, when set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
+(ResNet-18 x0.25, 16x16): the SimSiam run is the baseline of the summary table.
 
-Default sizes (37 minutes measured on 2 shared CPU cores before the SDR step got 6x faster;
-about 15 minutes expected on 2 free cores): SimSiam 160 steps of 256 images
-(~1 epoch of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 100 steps of 128
-images for the SDRnet + 4 paths x 32 for the sub-nets (20 steps per progressive stage), routing
+Default sizes (15 minutes measured on 2 CPU cores, README): SimSiam 1600 steps of 64 images at
+16x16 (~2.5 epochs of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 300 steps
+of 64 images for the SDRnet + 4 paths x 32 for the sub-nets, starting from the SimSiam weights
+(`sdr_from_simsiam`: stage 0 gets no steps, stages 1-4 a quarter each; with
+`--config.sdr_from_simsiam=False` also pass `--config.sdr.sdr.stage_fractions="()"`), routing
 of the 16 paths on the 6 tasks, each path selected on 250 held-out train images with 1000
 memory images and scored on all the task's test images (up to 1000; BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
