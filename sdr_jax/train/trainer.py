@@ -36,8 +36,8 @@ def check_config(config: ConfigDict) -> None:
                               f"{_ZERO_MEANS[field]}).")
     if not config.optim.base_lr > 0:
         raise ConfigError(f"optim.base_lr={config.optim.base_lr}; it must be > 0.")
-    for name in config.eval.knn_tasks:
-        tasks.get_task(name)
+    for name in config.eval.knn_tasks:  # folder tasks are found in the run's data_dir
+        tasks.get_task(name, config.data.data_dir or None)
 
 
 _ZERO_MEANS = {"num_steps": "use train.num_epochs", "max_steps_per_run": "no limit",
