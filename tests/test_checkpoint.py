@@ -125,7 +125,8 @@ def test_resume_refuses_trajectory_changes_unless_allowed_and_records_them(tmp_p
     checkpoint.check_workdir_config(workdir, config)  # the same command resumes
 
     for fields, named in [
-            ({"optim.base_lr": 1.0}, "optim.base_lr: 0.05 in the workdir, 1.0 now"),
+            ({"optim.base_lr": 1.0},
+             f"optim.base_lr: {config.optim.base_lr} in the workdir, 1.0 now"),
             ({"optim.batch_size": 32, "train.num_steps": 9},
              "optim.batch_size: 16 in the workdir, 32 now; train.num_steps: 6 in the workdir"),
             ({"seed": 3}, "seed: 0 in the workdir, 3 now"),
@@ -142,9 +143,9 @@ def test_resume_refuses_trajectory_changes_unless_allowed_and_records_them(tmp_p
     assert recorded["optim"]["base_lr"] == 0.01 and recorded["train"]["log_every"] == 1
     history = [json.loads(line) for line in open(tmp_path / checkpoint.HISTORY_FILE)]
     assert [h["override"] for h in history] == [False, False, True]
-    assert history[0]["changed"] == {"optim.base_lr": {"was": 1e8, "now": 0.05}}
+    assert history[0]["changed"] == {"optim.base_lr": {"was": 1e8, "now": config.optim.base_lr}}
     assert history[1]["changed"] == {"train.log_every": {"was": 2, "now": 1}}
-    assert history[2]["changed"]["optim.base_lr"] == {"was": 0.05, "now": 0.01}
+    assert history[2]["changed"]["optim.base_lr"] == {"was": config.optim.base_lr, "now": 0.01}
 
     # Another model never fits the checkpoints, override or not.
     with pytest.raises(CheckpointError, match="another 'model' config"):
