@@ -37,10 +37,19 @@ def l2_distill_loss(kd_prediction: jax.Array, teacher_z: jax.Array) -> jax.Array
     return jnp.mean(jnp.sum((kd_prediction.astype(jnp.float32) - teacher_z) ** 2, axis=-1))
 
 
-def collapse_std(z: jax.Array) -> jax.Array:
+def collapse_std(z: jax.Array, axis_name: str | None = None) -> jax.Array:
     """Std over the batch of the L2-normalised `z`, averaged over dims.
 
     SimSiam's collapse monitor: for healthy (spread out) outputs of dimension d
     it is about 1/sqrt(d); when all outputs collapse to one vector it goes to 0.
+    With `axis_name` (inside `jax.shard_map`, equal batch shards) the std is over the global
+    batch: the mean of per-device stds would depend on the device count (a std over 2 rows
+    is not a std over 16), so the monitor would too.
     """
-    return jnp.mean(jnp.std(_l2_normalize(z), axis=0))
+    x = _l2_normalize(z)
+    if axis_name is None:
+        return jnp.mean(jnp.std(x, axis=0))
+    # Two passes (mean, then squared deviations) as jnp.std does: no cancellation.
+    mean = jax.lax.pmean(jnp.mean(x, axis=0), axis_name)
+    var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axis=0), axis_name)
+    return jnp.mean(jnp.sqrt(var))

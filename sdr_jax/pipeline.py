@@ -16,7 +16,16 @@ complete when its `ranking.json` exists (route writes its directory atomically),
 when `DIR/baseline/<task>.json` does. An unfinished stage is simply run again: the trainers
 resume from their latest checkpoint and the cluster job skips the parts it already wrote. A
 trainer stopped early (`train.max_steps_per_run`, preemption) stops the pipeline; the next run
-continues from there. Output made with another config is an error, never silently reused.
+continues from there. Output made with another config is an error, never silently reused:
+a finished stage's marker is compared field by field; an unfinished trainer stage is checked by
+the trainer itself (`checkpoint.check_workdir_config`: a changed trajectory field is refused),
+surfaced as a one-line error naming the stage and the fields.
+
+A pipeline workdir can be moved or copied: the wired paths (`cluster.pretrain_workdir`,
+`sdr.sdr.assignments`, `sdr.sdr.init_from`) are absolute where the stages use them, but the
+markers store every path inside DIR as `$WORKDIR/...`, so `cp -r DIR DIR2` and a run on DIR2
+skips the stages finished in DIR. (A trainer stage left unfinished in DIR records its absolute
+wiring in its own `config.json`, so the copy refuses to continue it: finish it in place first.)
 
 One protocol for every column, the routing config's (`config.route`, `eval/protocol.py`): the
 task's first `max_train` train images are split by a seeded permutation of their ids
@@ -46,9 +55,10 @@ from ml_collections import ConfigDict
 from sdr_jax import models, route as route_lib
 from sdr_jax.cluster import job as cluster_job
 from sdr_jax.config_base import load_config_file
-from sdr_jax.errors import ConfigError, SDRError
+from sdr_jax.errors import CheckpointError, ConfigError, SDRError
 from sdr_jax.eval import downstream, protocol
 from sdr_jax.train import simsiam as simsiam_trainer
+from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import sdr as sdr_trainer
 
 STAGES = ("simsiam", "cluster", "sdr", "route", "baseline")
@@ -137,10 +147,11 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
     lead = jax.process_index() == 0
     timings = _Timings(os.path.join(workdir, TIMINGS), write=lead)
     stages: dict[str, Callable[[], bool]] = {
-        "simsiam": lambda: _train(simsiam_trainer.train_and_evaluate, configs["simsiam"],
-                                  dirs["simsiam"], lead),
-        "cluster": lambda: _cluster(configs["cluster"], dirs["cluster"], lead),
-        "sdr": lambda: _train(sdr_trainer.train_and_evaluate, configs["sdr"], dirs["sdr"], lead),
+        "simsiam": lambda: _train("simsiam", simsiam_trainer.train_and_evaluate,
+                                  configs["simsiam"], workdir, dirs["simsiam"], lead),
+        "cluster": lambda: _cluster(configs["cluster"], workdir, dirs["cluster"], lead),
+        "sdr": lambda: _train("sdr", sdr_trainer.train_and_evaluate, configs["sdr"], workdir,
+                              dirs["sdr"], lead),
         "route": lambda: _route_tasks(configs["route"], dirs["sdr"], config.tasks),
         "baseline": lambda: _baselines(configs["route"], dirs["simsiam"], dirs["baseline"],
                                        config.tasks, lead),
@@ -169,23 +180,27 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
 
 # -- stages ------------------------------------------------------------------------------------
 
-def _train(train_and_evaluate, config: ConfigDict, workdir: str, lead: bool) -> bool:
-    if _finished(workdir, config):
+def _train(stage: str, train_and_evaluate, config: ConfigDict, root: str, workdir: str,
+           lead: bool) -> bool:
+    if _finished(root, workdir, config):
         _say(lead, f"   skipped: finished ({os.path.join(workdir, MARKER)})")
         return True
-    result = train_and_evaluate(config, workdir)
+    try:
+        result = train_and_evaluate(config, workdir)
+    except CheckpointError as error:  # e.g. an unfinished run resumed with a changed field
+        raise PipelineError(f"pipeline stage {stage}: {error}") from error
     if result["finished"] and lead:
-        _mark(workdir, config, result)
+        _mark(root, workdir, config, result)
     return result["finished"]
 
 
-def _cluster(config: ConfigDict, workdir: str, lead: bool) -> bool:
-    if _finished(workdir, config):
+def _cluster(config: ConfigDict, root: str, workdir: str, lead: bool) -> bool:
+    if _finished(root, workdir, config):
         _say(lead, f"   skipped: finished ({os.path.join(workdir, MARKER)})")
         return True
     result = cluster_job.run(config, workdir)
     if lead:
-        _mark(workdir, config, {"seconds": result["seconds"], "skipped": result["skipped"]})
+        _mark(root, workdir, config, {"seconds": result["seconds"], "skipped": result["skipped"]})
     return True
 
 
@@ -316,26 +331,51 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 # -- markers and files -------------------------------------------------------------------------
 
-def _comparable(config: ConfigDict) -> dict:
-    data = json.loads(config.to_json_best_effort())
-    for section, field in _RESUME_FIELDS:
-        data.get(section, {}).pop(field, None)
+WORKDIR_TOKEN = "$WORKDIR"  # stands for the pipeline workdir in the paths a marker stores
+
+
+def _relative_to(root: str, data: Any) -> Any:
+    """`data` with every string path inside `root` written as `$WORKDIR/<relative path>`.
+
+    The wiring makes those paths absolute (the stages read them from any cwd); stored that way
+    a copied or moved pipeline workdir would look like another config. Markers written before
+    this rule hold absolute paths; those in place still compare equal (both sides go through
+    this function)."""
+    if isinstance(data, dict):
+        return {key: _relative_to(root, value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_relative_to(root, value) for value in data]
+    if isinstance(data, str) and os.path.isabs(data):
+        root = os.path.abspath(root)
+        if data == root or data.startswith(root + os.sep):
+            return os.path.join(WORKDIR_TOKEN, os.path.relpath(data, root))
     return data
 
 
-def _finished(workdir: str, config: ConfigDict) -> bool:
+def _comparable(root: str, config: Any) -> dict:
+    data = json.loads(config.to_json_best_effort()) if isinstance(config, ConfigDict) \
+        else copy.deepcopy(config)
+    for section, field in _RESUME_FIELDS:
+        data.get(section, {}).pop(field, None)
+    return _relative_to(root, data)
+
+
+def _finished(root: str, workdir: str, config: ConfigDict) -> bool:
     marker = _read_json(os.path.join(workdir, MARKER))
     if marker is None:
         return False
-    if marker["config"] != _comparable(config):
-        raise PipelineError(f"{workdir} was finished with another config; use a new --workdir "
-                            "(or delete that stage's directory to redo it).")
+    recorded, wanted = _comparable(root, marker["config"]), _comparable(root, config)
+    if recorded != wanted:
+        named = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in
+                          checkpoint_lib.changed_fields(recorded, wanted).items())
+        raise PipelineError(f"{workdir} was finished with another config ({named}); use a new "
+                            "--workdir (or delete that stage's directory to redo it).")
     return True
 
 
-def _mark(workdir: str, config: ConfigDict, result: dict) -> None:
-    _write_atomic(os.path.join(workdir, MARKER),
-                  json.dumps({"config": _comparable(config), "result": result}, indent=1))
+def _mark(root: str, workdir: str, config: ConfigDict, result: dict) -> None:
+    _write_atomic(os.path.join(workdir, MARKER), json.dumps(
+        {"config": _comparable(root, config), "result": result}, indent=1))
 
 
 class _Timings:

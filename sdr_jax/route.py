@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Any, Iterable, Iterator, Optional
@@ -478,15 +480,43 @@ def _histogram(filename: str, accuracies: np.ndarray, ranking: dict) -> None:
 
 
 def _write_atomically(target: str, write) -> None:
-    """Writes into a temporary sibling directory, then swaps it in: never half-written."""
+    """Writes into a temporary sibling directory, then swaps it in: never half-written.
+
+    The temporary name carries its writer (`.<name>.partial-<pid>@<host>.XXXX`): one left by a
+    writer that was killed (SIGKILL runs no cleanup) is removed here, while a live writer's, or
+    another host's (its pid cannot be checked), is left alone. The result gets the permissions
+    of a directory made with os.makedirs (mkdtemp's are 0700, private to the owner).
+    """
     parent = os.path.dirname(os.path.abspath(target))
+    name = os.path.basename(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=parent)
+    _remove_stale_partials(parent, name)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}@{socket.gethostname()}.",
+                           dir=parent)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         if os.path.exists(target):
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_stale_partials(parent: str, name: str) -> None:
+    """Removes the temporary siblings of `name` whose writer is dead (see _write_atomically);
+    also the older unnamed ones (`.<name>.` + mkdtemp's 8 characters), from before writers
+    were named."""
+    partial = re.compile(rf"\.{re.escape(name)}\.partial-(\d+)@(.+)\.[a-z0-9_]+")
+    unnamed = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}")
+    for entry in os.listdir(parent):
+        match = partial.fullmatch(entry)
+        stale = (checkpoint.is_dead({"pid": int(match[1]), "host": match[2]}) if match
+                 else bool(unnamed.fullmatch(entry)))
+        if stale and os.path.isdir(os.path.join(parent, entry)):
+            print(f"removing {os.path.join(parent, entry)}, left by a killed writer",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)

@@ -1,6 +1,7 @@
 """The whole pipeline at :tiny: stopped in every stage in turn, resumed, summarised, skipped."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +80,13 @@ def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path,
     assert cluster_summary["skipped"] == {"features": True, "clustering": False}
     assert _latest_step(dirs["sdr"]) == 4
     assert not os.path.exists(dirs["route"])
+    # The unfinished SDR run refuses a changed trajectory field: one line naming stage and field.
+    with pytest.raises(pipeline.PipelineError,
+                       match=r"^pipeline stage sdr: .*seed: 0 in the workdir, 5 now[^\n]*$"):
+        pipeline.run(tiny_config(small_mosaic_dir, **{"sdr.seed": 5,
+                                                      "sdr.train.max_steps_per_run": 4}),
+                     workdir)
+    assert _latest_step(dirs["sdr"]) == 4
 
     # 4: SDR resumes and finishes; routing and the baseline run on every task; the summary.
     result = pipeline.run(config, workdir)
@@ -144,6 +152,21 @@ def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path,
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
     assert done.returncode == 0, done.stderr[-2000:]
     assert pipeline.format_summary(summary).splitlines()[2] in done.stdout
+
+    # A copied pipeline workdir is the same run (its markers store workdir-relative paths): every
+    # stage is skipped there, nothing is trained, routed or evaluated again.
+    copied = str(tmp_path / "copied")
+    shutil.copytree(workdir, copied)
+    copied_dirs = pipeline.stage_dirs(copied)
+    outputs = [os.path.join(copied_dirs[s], pipeline.MARKER) for s in ("simsiam", "cluster", "sdr")]
+    outputs += [os.path.join(copied_dirs["route"], t, "ranking.json") for t in config.tasks]
+    outputs += [os.path.join(copied_dirs["baseline"], f"{t}.json") for t in config.tasks]
+    before = {path: os.stat(path).st_mtime_ns for path in outputs}
+    moved = pipeline.run(config, copied)
+    assert moved["finished"] and moved["tasks"] == summary["tasks"]
+    assert {path: os.stat(path).st_mtime_ns for path in outputs} == before
+    marker = _read(os.path.join(copied_dirs["sdr"], pipeline.MARKER))
+    assert marker["config"]["sdr"]["assignments"] == "$WORKDIR/cluster/assignments.npz"
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -53,7 +53,9 @@ def test_eight_devices_equal_one_device_on_the_whole_batch(initial):
     assert jax.device_count() == 8
     one_state, one_metrics = step_on(jax.devices()[:1], config, state, batch)
     eight_state, eight_metrics = step_on(jax.devices(), config, state, batch)
-    np.testing.assert_allclose(eight_metrics["loss"], one_metrics["loss"], atol=1e-5)
+    assert set(eight_metrics) == set(one_metrics) == {"loss", "collapse_std"}
+    for key in one_metrics:  # collapse_std too: the std over the global batch
+        np.testing.assert_allclose(eight_metrics[key], one_metrics[key], atol=1e-5, err_msg=key)
     # The parameter update is -lr * (grad + momentum...): comparing the new params compares grads.
     grads_one = jax.tree.map(lambda a, b: a - b, one_state.params, state.params)
     grads_eight = jax.tree.map(lambda a, b: a - b, eight_state.params, state.params)

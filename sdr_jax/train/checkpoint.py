@@ -65,7 +65,7 @@ def workdir_lock(workdir: str) -> Iterator[None]:
                 break
             except FileExistsError:
                 holder = _lock_holder(path)
-                if holder is not None and not _is_dead(holder):
+                if holder is not None and not is_dead(holder):
                     raise CheckpointError(
                         f"workdir {workdir} is in use by process {holder['pid']} on "
                         f"{holder['host']}; wait for it, or delete {path} if it is gone.") from None
@@ -90,7 +90,8 @@ def _lock_holder(path: str) -> dict | None:
         return None
 
 
-def _is_dead(holder: dict) -> bool:
+def is_dead(holder: dict) -> bool:
+    """Whether the process {'pid', 'host'} is surely gone (only this host's can be checked)."""
     if holder.get("host") != socket.gethostname():
         return False  # another host's pids cannot be checked from here
     try:
@@ -123,7 +124,7 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
             f"workdir {workdir} holds a run with another 'model' config "
             f"({_first_difference(recorded.get('model'), current.get('model'))}); "
             f"use a new --workdir or the config that made it.")
-    changes = _changed_fields(recorded, current)
+    changes = changed_fields(recorded, current)
     if not changes:
         return
     # Without a checkpoint (a run stopped before its first) nothing is continued: any change goes.
@@ -153,12 +154,12 @@ def _write_json(path: epath.Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _changed_fields(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+def changed_fields(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
     """{'section.field': (value in a, value in b)} for every leaf that differs."""
     if isinstance(a, dict) and isinstance(b, dict):
         changes = {}
         for key in sorted(set(a) | set(b)):
-            changes.update(_changed_fields(a.get(key), b.get(key), f"{prefix}{key}."))
+            changes.update(changed_fields(a.get(key), b.get(key), f"{prefix}{key}."))
         return changes
     return {} if a == b else {prefix.rstrip("."): (a, b)}
 

@@ -11,6 +11,18 @@ device trains its own path(s) on its own subset batch in the same SPMD step, the
 per-device data — with batch statistics per path, so each sub-net's BN sees exactly its own data,
 on one device or on many. Several paths per device run one after another (a static
 Python loop), so one device computes the same loss and gradients as many.
+
+Running BN statistics are a function of the global batch and the paths, not of their layout:
+they are updated once per step, by the SDRnet's pass over D0 (SyncBN over the global batch;
+view 1's update, then view 2's, as in SimSiam). The sub-net passes normalise with their own
+batch statistics but do not update the shared running ones. Why not: on one device the per-path
+loop would apply one momentum update per path and view in sequence, across devices one averaged
+update, so the effective momentum would depend on the layout (up to 0.7 apart for one step of 8
+paths); a layout-free average of the per-path statistics would be possible but buys nothing,
+since every sub-net's statistics are recalibrated on its task's images before it is evaluated
+(`route`, the evaluation protocol), and the SDRnet's own kNN uses the D0 statistics, which are
+its statistics. Logged metrics are layout-free too: `collapse_std_sdrnet` is the std over the
+global D0 batch; the per-path terms are computed on a path's whole batch, which lies on one device.
 """
 from __future__ import annotations
 
@@ -54,7 +66,8 @@ def sdr_loss(sdrnet_model, subnet_model, params, batch_stats, batch: dict, full_
     d0 = {"view1": batch["d0_view1"], "view2": batch["d0_view2"]}
     loss_sdrnet, batch_stats, z = simsiam_forward(sdrnet_model, params, batch_stats, d0,
                                                   full_path)
-    values = {"loss_sdrnet": loss_sdrnet, "collapse_std_sdrnet": losses.collapse_std(z)}
+    values = {"loss_sdrnet": loss_sdrnet,
+              "collapse_std_sdrnet": losses.collapse_std(z, DATA_AXIS)}  # global batch
     if not with_subnets:
         zero = jnp.zeros((), jnp.float32)
         values.update(loss_subnet=zero, loss_kd=zero, collapse_std_subnet=zero,
@@ -63,30 +76,27 @@ def sdr_loss(sdrnet_model, subnet_model, params, batch_stats, batch: dict, full_
     kd_fn = KD_LOSSES[kd]
     teacher_params = jax.lax.stop_gradient(params)
 
-    def one_path(stats, inputs):
-        path, view1, view2 = inputs
+    def one_path(path, view1, view2):
+        # Train-mode BN (batch statistics); the running-statistics updates are dropped (module
+        # docstring: only the SDRnet's D0 pass updates them, whatever the layout).
         outs = []
         for view in (view1, view2):
-            out, new = subnet_model.apply({"params": params, "batch_stats": stats}, view, path,
-                                          train=True, mutable=["batch_stats"])
-            stats = new["batch_stats"]
+            out, _ = subnet_model.apply({"params": params, "batch_stats": batch_stats}, view,
+                                        path, train=True, mutable=["batch_stats"])
             # The teacher: the SDRnet on the same images (its BN uses this batch; no update).
-            teacher, _ = subnet_model.apply({"params": teacher_params, "batch_stats": stats},
+            teacher, _ = subnet_model.apply({"params": teacher_params, "batch_stats": batch_stats},
                                             view, full_path, train=True, mutable=["batch_stats"])
             outs.append((out, teacher["z"]))
         (o1, t1), (o2, t2) = outs
         loss = losses.simsiam_loss(o1["p"], o2["p"], o1["z"], o2["z"])
         distill = 0.5 * (kd_fn(o1["kd"], t1) + kd_fn(o2["kd"], t2))
-        return stats, (loss, distill, losses.collapse_std(o1["z"]))
+        return loss, distill, losses.collapse_std(o1["z"])
 
     # A Python loop over this device's paths (a static count: one on an 8-accelerator host).
     # `lax.scan` here, even with unroll=True, made the step 6x slower on XLA:CPU
     # (bench/sdr_step.py); compile time grows with the number of paths per device.
-    per_path = []
-    for i in range(batch["paths"].shape[0]):
-        batch_stats, result = one_path(
-            batch_stats, (batch["paths"][i], batch["sub_view1"][i], batch["sub_view2"][i]))
-        per_path.append(result)
+    per_path = [one_path(batch["paths"][i], batch["sub_view1"][i], batch["sub_view2"][i])
+                for i in range(batch["paths"].shape[0])]
     loss_sub, loss_kd, stds = (jnp.stack(terms) for terms in zip(*per_path))
     values.update(loss_subnet=loss_sub.mean(), loss_kd=loss_kd.mean(),
                   collapse_std_subnet=stds.mean(),

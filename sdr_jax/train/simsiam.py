@@ -5,6 +5,8 @@ batch norm synchronises its batch statistics over the axis (so 8 devices compute
 device computes on the whole batch). The loss is `pmean`'d, and with shard_map's replication
 checking the gradient of the replicated params is then already the all-device mean: no further
 `pmean(grads)` (that would divide by the device count once more; tests compare with one device).
+Running BN statistics (SyncBN: view 1's update, then view 2's) and the logged metrics (the loss,
+`collapse_std` as the std over the global batch) are functions of the global batch too.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh: Mesh, path: j
         state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
         metrics = TrainMetrics.single_from_model_output(
-            loss=loss, collapse_std=jax.lax.pmean(losses.collapse_std(z), DATA_AXIS))
+            loss=loss, collapse_std=losses.collapse_std(z, DATA_AXIS))  # over the global batch
         return state, metrics
 
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
