@@ -24,8 +24,10 @@ surfaced as a one-line error naming the stage and the fields.
 A pipeline workdir can be moved or copied: the wired paths (`cluster.pretrain_workdir`,
 `sdr.sdr.assignments`, `sdr.sdr.init_from`) are absolute where the stages use them, but the
 markers store every path inside DIR as `$WORKDIR/...`, so `cp -r DIR DIR2` and a run on DIR2
-skips the stages finished in DIR. (A trainer stage left unfinished in DIR records its absolute
-wiring in its own `config.json`, so the copy refuses to continue it: finish it in place first.)
+skips the stages finished in DIR. A trainer stage left unfinished in DIR records its absolute
+wiring in its own `config.json`; in the copy, that record is rebased onto DIR2 (the same inputs
+at the same place in the new workdir; the move is logged in the stage's `config_history.jsonl`)
+and the stage continues.
 
 One protocol for every column, the routing config's (`config.route`, `eval/protocol.py`): the
 task's first `max_train` train images are split by a seeded permutation of their ids
@@ -185,6 +187,8 @@ def _train(stage: str, train_and_evaluate, config: ConfigDict, root: str, workdi
     if _finished(root, workdir, config):
         _say(lead, f"   skipped: finished ({os.path.join(workdir, MARKER)})")
         return True
+    if lead:
+        _follow_move(root, workdir, config)
     try:
         result = train_and_evaluate(config, workdir)
     except CheckpointError as error:  # e.g. an unfinished run resumed with a changed field
@@ -350,6 +354,43 @@ def _relative_to(root: str, data: Any) -> Any:
         if data == root or data.startswith(root + os.sep):
             return os.path.join(WORKDIR_TOKEN, os.path.relpath(data, root))
     return data
+
+
+def _follow_move(root: str, workdir: str, config: ConfigDict) -> None:
+    """Rebases an unfinished trainer stage's recorded wiring onto a moved or copied workdir.
+
+    The run's `config.json` holds the absolute paths the pipeline wired when it started (e.g.
+    OLD/cluster/assignments.npz). A recorded path that ends with the same path inside this
+    workdir as the one wired now is the same input, moved with the workdir: the record takes
+    the new path, so the trainer's own check sees no change. Any other difference is left for
+    the trainer to judge."""
+    path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
+    recorded = _read_json(path)
+    if recorded is None:
+        return
+    current = json.loads(config.to_json_best_effort())
+    moved = {}
+    for key, (old, new) in checkpoint_lib.changed_fields(recorded, current).items():
+        inside = _relative_to(root, new)
+        if not (isinstance(old, str) and os.path.isabs(old) and inside != new):
+            continue
+        if old.endswith(os.sep + os.path.relpath(inside, WORKDIR_TOKEN)):
+            moved[key] = (old, new)
+    if not moved:
+        return
+    for key, (_, new) in moved.items():
+        *sections, field = key.split(".")
+        node = recorded
+        for section in sections:
+            node = node[section]
+        node[field] = new
+    _write_atomic(path, json.dumps(recorded, indent=2, sort_keys=True))
+    with open(os.path.join(workdir, checkpoint_lib.HISTORY_FILE), "a") as history:
+        history.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "moved": {k: {"was": old, "now": new}
+                                            for k, (old, new) in moved.items()}}) + "\n")
+    print(f"   {workdir}: continues after a move of the pipeline workdir "
+          f"({', '.join(sorted(moved))} rebased)", flush=True)
 
 
 def _comparable(root: str, config: Any) -> dict:

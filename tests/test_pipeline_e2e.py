@@ -88,9 +88,19 @@ def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path,
                      workdir)
     assert _latest_step(dirs["sdr"]) == 4
 
+    # The workdir is moved while SDR is unfinished: the stage's recorded wiring (absolute paths
+    # into the old location, which no longer exists) is rebased, and SDR continues there.
+    moved = str(tmp_path / "moved")
+    shutil.move(workdir, moved)
+    workdir, dirs = moved, pipeline.stage_dirs(moved)
+
     # 4: SDR resumes and finishes; routing and the baseline run on every task; the summary.
     result = pipeline.run(config, workdir)
     assert result["finished"] and result["stopped_in"] is None
+    with open(os.path.join(dirs["sdr"], "config_history.jsonl")) as f:
+        history = [json.loads(line) for line in f]
+    assert set(history[-1]["moved"]) == {"sdr.assignments", "sdr.init_from"}
+    assert history[-1]["moved"]["sdr.assignments"]["now"].startswith(moved + os.sep)
     assert _read(os.path.join(dirs["sdr"], pipeline.MARKER))["result"]["step"] == 6
     summary = _read(os.path.join(workdir, "summary.json"))
     assert list(summary["tasks"]) == list(config.tasks)
