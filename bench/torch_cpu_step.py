@@ -26,31 +26,21 @@ PyPI wheel pulls the CUDA libraries; a `+cpu` wheel is enough here).
   python bench/torch_cpu_step.py                          # batches 64,128 x sizes 16,32
   python bench/torch_cpu_step.py --batches=64 --sizes=16 --steps=3 --warmup=1 --no_compile
 
-Measured 2026-11-26, machine: 2-core shared CPU, no accelerator; jax 0.10.2 (1 CPU device),
-torch 2.13.0+cpu (2 threads); `python bench/torch_cpu_step.py` (3 warm-up + 10 timed steps),
-normal priority. ms/step (median), images/s in brackets, ratio to JAX:
+Measured 2026-11-26 08:07 UTC on a quiet machine (load 0.6 before, 1.5 after): 2-core CPU, no
+accelerator; jax 0.10.2 (1 CPU device), torch 2.13.0+cpu (2 threads); `python
+bench/torch_cpu_step.py` (3 warm-up + 10 timed steps). ms/step (median), images/s in brackets,
+ratio to JAX:
 
   batch size | JAX jit       | torch eager         | torch.compile
   -----------+---------------+---------------------+--------------------
-  run 2 (08:03:30-08:05:58 UTC, load 1.01 before / 2.34 after; a pytest run overlapped from ~08:04)
-    64   16  | 178 (360)     |  62 (1030) 0.35x    | 218 (294) 1.22x
-    64   32  | 698 (92)      | 587 (109)  0.84x    | 513 (125) 0.74x
-   128   16  | 573 (223)     | 297 (431)  0.52x    | 354 (362) 0.62x
-   128   32  | 901 (142)     | 359 (356)  0.40x    | 353 (363) 0.39x
-  run 1 (07:54:36-08:01:34 UTC, load 3.46 before / 4.21 after; a full `pytest -q tests` overlapped
-         the whole run: the wait loop found no pytest, one started 17 s after the bench did)
-    64   16  | 296 (216)     | 155 (413)  0.52x    | 117 (548) 0.39x
-    64   32  | 670 (96)      | 507 (126)  0.76x    | 634 (101) 0.95x
-   128   16  | 641 (200)     | 291 (441)  0.45x    | 523 (245) 0.82x
-   128   32  | 1453 (88)     | 1294 (99)  0.89x    | 1249 (103) 0.86x
+    64   16  | 174 (369)     |  62 (1026) 0.36x    |  55 (1169) 0.32x
+    64   32  | 410 (156)     | 182 (352)  0.44x    | 172 (371)  0.42x
+   128   16  | 332 (385)     | 105 (1225) 0.31x    | 100 (1281) 0.30x
+   128   32  | 871 (147)     | 351 (364)  0.40x    | 350 (366)  0.40x
 
-Params 1,423,888 in both frameworks. Both runs were disturbed by other jobs on the 2 cores (e.g.
-run 2's 64x32 rows are slower than its 128x32 rows), so single rows are +-2x noise; what held in
-every row of both runs: PyTorch eager is faster than the JAX step (0.35x-0.89x the time), and JAX's
-process CPU time ~ its wall time (XLA:CPU runs this step mostly on one core) while torch uses
-both threads. torch.compile is not reliably faster than eager here (0.39x-1.22x of JAX); its
-first call compiles for 60-170 s (3-4 s from inductor's on-disk cache). Take quiet-machine numbers
-before quoting any single ratio.
+PyTorch eager runs this step 2.3-3.2x faster than XLA:CPU here (the STYLE.md trap; the CPU
+demo's budget is set by it). JAX's CPU time is ~1.7x its wall time, torch's ~2x. Two earlier
+runs beside test jobs gave 0.35-0.89x, i.e. the same direction with more noise.
 """
 from __future__ import annotations
 
