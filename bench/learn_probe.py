@@ -20,6 +20,7 @@ import numpy as np
 
 from sdr_jax.config_base import load_config_file
 from sdr_jax.data import datasets, pipeline, tasks
+from sdr_jax.eval.features import Prefix
 from sdr_jax.eval.knn import knn_accuracy
 from sdr_jax.models import export
 from sdr_jax.train import simsiam
@@ -29,21 +30,11 @@ def held_out(task_names, image_size, memory, queries, data_dir=None):
     out = {}
     for name in task_names:
         train, _, task = tasks.open_task(name, data_dir)
-        images, labels, _ = pipeline.load_all(_Prefix(train, memory + queries), image_size)
+        prefix = Prefix(train, min(memory + queries, len(train)))
+        images, labels, _ = pipeline.load_all(prefix, image_size)
         out[name] = (images[:memory], labels[:memory], images[memory:], labels[memory:],
                      task.num_classes)
     return out
-
-
-class _Prefix:
-    def __init__(self, source, n):
-        self.source, self.n = source, min(n, len(source))
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.source[i]
 
 
 def pixel_knn(data, k, t):

@@ -29,7 +29,7 @@ def iter_features(feature_fn: FeatureFn, source, *, batch_size: int, image_size:
     before the previous one is fetched, so the device computes while the host loads images.
     """
     if max_examples is not None and max_examples < len(source):
-        source = _Prefix(source, max_examples)
+        source = Prefix(source, max_examples)
     local_batch = batch_size // jax.process_count()
     pending = None
     for batch in pipeline.eval_batches(source, batch_size=local_batch, image_size=image_size,
@@ -66,7 +66,7 @@ def _gather(tree: dict) -> dict:
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-class _Prefix:
+class Prefix:
     """The first n records of a random-access source."""
 
     def __init__(self, source, n: int):
