@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from sdr_jax.config_base import load_config_file
-from sdr_jax.data import datasets, pipeline, tasks
+from sdr_jax.data import datasets, input_pipeline, tasks
 from sdr_jax.eval.features import Prefix
 from sdr_jax.eval.knn import knn_accuracy
 from sdr_jax.models import export
@@ -31,7 +31,7 @@ def held_out(task_names, image_size, memory, queries, data_dir=None):
     for name in task_names:
         train, _, task = tasks.open_task(name, data_dir)
         prefix = Prefix(train, min(memory + queries, len(train)))
-        images, labels, _ = pipeline.load_all(prefix, image_size)
+        images, labels, _ = input_pipeline.load_all(prefix, image_size)
         out[name] = (images[:memory], labels[:memory], images[memory:], labels[memory:],
                      task.num_classes)
     return out

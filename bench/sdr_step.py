@@ -18,8 +18,8 @@ import numpy as np
 
 from sdr_jax import models
 from sdr_jax.config_base import sdr_config, simsiam_config
-from sdr_jax.paths import PathSpec
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core.paths import PathSpec
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, sdr, simsiam
 from sdr_jax.train.state import create_train_state
 

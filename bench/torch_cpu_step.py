@@ -55,7 +55,7 @@ import numpy as np
 
 from sdr_jax import models
 from sdr_jax.config_base import simsiam_config
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, simsiam
 from sdr_jax.train.state import create_train_state
 

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline import InMemorySource, pipeline_pairs_per_s
 from sdr_jax import models
 from sdr_jax.config_base import simsiam_config
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, simsiam
 from sdr_jax.train.state import create_train_state
 

@@ -1,4 +1,4 @@
-"""The whole SDR pipeline on the embedded pool (sdr_jax/pipeline.py), sized for a 2-core CPU.
+"""The whole SDR pipeline on the embedded pool (sdr_jax/jobs/pipeline.py), sized for a 2-core CPU.
 
   python launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=runs/pipeline
   python launch/pipeline.py --config=configs/pipeline_mosaic.py:tiny --workdir=/tmp/pipeline

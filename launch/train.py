@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdr_jax import launch_utils
+from sdr_jax.jobs import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -22,15 +22,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    launch_utils.init_distributed()
+    cli.init_distributed()
     config = _CONFIG.value
     if config.method == "simsiam":
         from sdr_jax.train.simsiam import train_and_evaluate
     elif config.method == "sdr":
         from sdr_jax.train.sdr import train_and_evaluate
     else:
-        launch_utils.fail(f"config.method={config.method!r} is not 'simsiam' or 'sdr'.")
-    launch_utils.run_or_fail(train_and_evaluate, config, _WORKDIR.value)
+        cli.fail(f"config.method={config.method!r} is not 'simsiam' or 'sdr'.")
+    cli.run_or_fail(train_and_evaluate, config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 from ml_collections import ConfigDict
 
 from sdr_jax import models
-from sdr_jax.errors import ConfigError
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.data.augment import default_aug_config
 
 
@@ -87,7 +87,7 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
 def cluster_config(*, sdr_config: str, extract_batch_size: int, images_per_cluster: int
                    ) -> ConfigDict:
     """The fields of a clustering job (launch/cluster.py); G and L come from `sdr_config`."""
-    from sdr_jax.cluster import clustering
+    from sdr_jax.jobs.cluster import clustering
     config = ConfigDict()
     config.pretrain_workdir = ""           # --workdir of the SimSiam run (required)
     config.sdr_config = sdr_config         # the SDR config file the clusters are for

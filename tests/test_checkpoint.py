@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import sdr_mosaic, simsiam_mosaic
-from sdr_jax.errors import CheckpointError, SDRError
+from sdr_jax.core.errors import CheckpointError, SDRError
 from sdr_jax.train import checkpoint, simsiam
 
 

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.cluster import job
-from sdr_jax.cluster.features import FeatureStore, FeatureWriter
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.jobs.cluster import job
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.data import datasets
-from sdr_jax.errors import CheckpointError, ConfigError
+from sdr_jax.core.errors import CheckpointError, ConfigError
 from sdr_jax.train import simsiam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,8 @@ def test_features_match_extract_features(finished_job, pretrain_run, small_mosai
 
     from sdr_jax import models
     from sdr_jax.eval import features as features_lib
-    from sdr_jax.train import checkpoint, mesh as mesh_lib
+    from sdr_jax.train import checkpoint
+    from sdr_jax.core import mesh as mesh_lib
 
     config, variables, _ = checkpoint.load_run(pretrain_run)
     model = models.build_model(config.model)

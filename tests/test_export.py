@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models_testlib import images, random_variables, tiny_config
-from sdr_jax import paths
+from sdr_jax.core import paths
 from sdr_jax.models import build_model, model_config, path_spec, sdr_layout
 from sdr_jax.models.export import export_subnet, recalibrate_bn
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from sdr_jax.cluster.features import FeatureStore, FeatureStoreError, FeatureWriter
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureStoreError, FeatureWriter
 
 
 def _data(n=103, dim=6, seed=0):

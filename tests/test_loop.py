@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import simsiam_mosaic
-from sdr_jax import launch_utils
-from sdr_jax.errors import NonFiniteLossError, StoppedBySignal
+from sdr_jax.jobs import cli
+from sdr_jax.core.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import checkpoint, simsiam
 
 
@@ -110,6 +110,6 @@ def test_launch_scripts_exit_with_the_signal_status(capsys):
     def stopped():
         raise StoppedBySignal("Stopped at step 4 by SIGINT; checkpoint saved, ...", signal.SIGINT)
     with pytest.raises(SystemExit) as e:
-        launch_utils.run_or_fail(stopped)
+        cli.run_or_fail(stopped)
     assert e.value.code == 130
     assert capsys.readouterr().err.strip() == "Stopped at step 4 by SIGINT; checkpoint saved, ..."

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdr_jax import paths
-from sdr_jax.paths import ALL, ChannelLayout, PathSpec
+from sdr_jax.core import paths
+from sdr_jax.core.paths import ALL, ChannelLayout, PathSpec
 
 
 @pytest.mark.parametrize("blocks,groups", [(4, 4), (3, 2), (1, 3)])

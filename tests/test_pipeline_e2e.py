@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from sdr_jax import pipeline
-from sdr_jax.cluster import clustering
+from sdr_jax.jobs import pipeline
+from sdr_jax.jobs.cluster import clustering
 from sdr_jax.config_base import load_config_file
-from sdr_jax.errors import ConfigError
-from sdr_jax.eval import downstream
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.jobs import evaluate as evaluate_job
 from sdr_jax.train.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,7 @@ def test_stops_in_every_stage_resumes_and_summarises(small_mosaic_dir, tmp_path,
 
     # One protocol: evaluate() of the SDRnet reproduces routing's SDRnet column.
     task = config.tasks[0]
-    sdrnet = downstream.evaluate(config.route, dirs["sdr"], task, baselines=False)
+    sdrnet = evaluate_job.evaluate(config.route, dirs["sdr"], task, baselines=False)
     assert sdrnet["knn"]["test"] == summary["tasks"][task]["knn"]["sdrnet"]
 
     # 5: everything is done: nothing reruns, the same table comes out.

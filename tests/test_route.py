@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from models_testlib import images, random_variables, tiny_config
-from sdr_jax import paths, route
+from sdr_jax.core import paths
+from sdr_jax.jobs import route
 from sdr_jax.data import datasets, tasks
 from sdr_jax.models import build_model, export, path_spec, sdr_layout
 from sdr_jax.models.resnet import stage_filters
@@ -198,7 +199,7 @@ def test_route_and_evaluate_cli_end_to_end(small_mosaic_dir, tmp_path):
 
 def test_subset_composition_reads_the_domains_of_the_routed_leaf(tmp_path):
     from ml_collections import ConfigDict
-    from sdr_jax.cluster.assignments import Assignments
+    from sdr_jax.data.assignments import Assignments
 
     # Leaf 3 holds 3 mnist images (domain 1) and 1 animal image (domain 2).
     ids = np.array([1_000_001, 1_000_002, 1_000_003, 2_000_001, 5, 6])

@@ -10,12 +10,12 @@ import pytest
 
 from configs import sdr_mosaic
 from sdr_jax import models
-from sdr_jax.cluster.assignments import Assignments
+from sdr_jax.data.assignments import Assignments
 from sdr_jax.data import datasets, sdr_batches
-from sdr_jax.errors import ConfigError
-from sdr_jax.paths import PathSpec
-from sdr_jax.progressive import ProgressiveSchedule
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.core.paths import PathSpec
+from sdr_jax.core.progressive import ProgressiveSchedule
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, reporting, sdr
 from sdr_jax.train.state import create_train_state
 

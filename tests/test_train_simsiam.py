@@ -11,7 +11,7 @@ import pytest
 
 from configs import simsiam_mosaic
 from sdr_jax import models
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, reporting, simsiam
 from sdr_jax.train.state import create_train_state
 

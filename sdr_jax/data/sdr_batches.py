@@ -15,11 +15,11 @@ import grain
 import ml_collections
 import numpy as np
 
-from sdr_jax.cluster.assignments import Assignments
+from sdr_jax.data.assignments import Assignments
 from sdr_jax.data import augment as augment_lib
-from sdr_jax.data import pipeline
-from sdr_jax.errors import ConfigError
-from sdr_jax.progressive import ProgressiveSchedule
+from sdr_jax.data import input_pipeline
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.core.progressive import ProgressiveSchedule
 
 
 def record_ids(source) -> np.ndarray:
@@ -149,7 +149,7 @@ def sdr_dataset(batches: SDRBatches, first_step: int, num_steps: int, num_worker
                 ) -> grain.IterDataset:
     """Steps first_step..num_steps of `batches` as a grain iterator (worker processes build
     whole steps; order and content do not depend on the number of workers)."""
-    pipeline.allow_unparsed_absl_flags()
+    input_pipeline.allow_unparsed_absl_flags()
     ds = grain.MapDataset.range(first_step, num_steps + 1).map(batches.__getitem__)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
     if num_workers > 0:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from sdr_jax import paths
+from sdr_jax.core import paths
 from sdr_jax.models import resnet
 from sdr_jax.models.simsiam import SimSiam
 

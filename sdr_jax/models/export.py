@@ -6,7 +6,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-from sdr_jax import paths
+from sdr_jax.core import paths
 from sdr_jax.models import build_model, path_spec, resnet, sdr_layout
 from sdr_jax.models.simsiam import SimSiam
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdr_jax import paths
+from sdr_jax.core import paths
 from sdr_jax.models.batchnorm import MaskedBatchNorm
 
 ModuleDef = Any

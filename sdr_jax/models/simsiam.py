@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdr_jax import paths
+from sdr_jax.core import paths
 from sdr_jax.models.heads import Predictor, Projector
 from sdr_jax.models.resnet import ResNet
 

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
-from sdr_jax.errors import CheckpointError
+from sdr_jax.core.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from sdr_jax.errors import NonFiniteLossError, StoppedBySignal
+from sdr_jax.core.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import reporting
 from sdr_jax.train.checkpoint import Checkpointer

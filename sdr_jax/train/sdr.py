@@ -36,13 +36,14 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh, PartitionSpec as P
 from ml_collections import ConfigDict
 
-from sdr_jax import losses, models
-from sdr_jax.cluster import assignments as assignments_lib
+from sdr_jax import models
+from sdr_jax.methods import losses
+from sdr_jax.data import assignments as assignments_lib
 from sdr_jax.data import sdr_batches
-from sdr_jax.errors import ConfigError
-from sdr_jax.progressive import ProgressiveSchedule
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.core.progressive import ProgressiveSchedule
 from sdr_jax.train import checkpoint as checkpoint_lib
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import trainer as trainer_lib
 from sdr_jax.train.simsiam import simsiam_forward
 from sdr_jax.train.state import TrainState

@@ -18,9 +18,10 @@ from clu import metrics as clu_metrics
 from jax.sharding import Mesh, PartitionSpec as P
 from ml_collections import ConfigDict
 
-from sdr_jax import losses, models
-from sdr_jax.data import pipeline
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax import models
+from sdr_jax.methods import losses
+from sdr_jax.data import input_pipeline
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import trainer as trainer_lib
 from sdr_jax.train.state import TrainState
 
@@ -76,16 +77,16 @@ class SimSiamTrainer(trainer_lib.Trainer):
 
     def make_data(self, first_step: int, data_state: dict | None):
         cfg = self.config
-        data_iter = iter(pipeline.pretrain_dataset(
+        data_iter = iter(input_pipeline.pretrain_dataset(
             self.source, batch_size=mesh_lib.local_batch_size(cfg.optim.batch_size, self.mesh),
             seed=cfg.seed, aug_cfg=cfg.data.aug, num_workers=cfg.data.num_workers,
             process_index=jax.process_index(), process_count=jax.process_count()))
         if data_state is not None:
-            pipeline.set_iterator_state(data_iter, data_state["iterator"])
+            input_pipeline.set_iterator_state(data_iter, data_state["iterator"])
         return data_iter
 
     def data_state(self, data_iter) -> dict:
-        return {"iterator": pipeline.get_iterator_state(data_iter).decode()}
+        return {"iterator": input_pipeline.get_iterator_state(data_iter).decode()}
 
     def make_step_fn(self, data_iter):
         train_step = make_train_step(self.train_model, self.tx, self.mesh, self.full_path)

@@ -13,11 +13,11 @@ from ml_collections import ConfigDict
 
 from sdr_jax import models
 from sdr_jax.data import datasets, tasks
-from sdr_jax.errors import ConfigError
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import features as features_lib
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import loop, optim, reporting
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train.state import TrainState, create_train_state
 
 DATA_AXIS = mesh_lib.DATA_AXIS

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from sdr_jax.errors import SDRError
+from sdr_jax.core.errors import SDRError
 
-from sdr_jax.paths import PathSpec
+from sdr_jax.core.paths import PathSpec
 
 FORMAT_VERSION = 1
 

@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sdr_jax.errors import SDRError
+from sdr_jax.core.errors import SDRError
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sdr_jax.cluster.assignments import Assignments
-from sdr_jax.cluster.features import FeatureStore
-from sdr_jax.cluster.sinkhorn import sinkhorn
+from sdr_jax.data.assignments import Assignments
+from sdr_jax.jobs.cluster.store import FeatureStore
+from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
 
 
 # Examples per tree node that the k-means++ seeding looks at (bounds its reads).

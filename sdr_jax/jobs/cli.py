@@ -8,7 +8,7 @@ from typing import Any, Callable, NoReturn
 import jax
 from absl import flags, logging
 
-from sdr_jax.errors import SDRError, StoppedBySignal
+from sdr_jax.core.errors import SDRError, StoppedBySignal
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host runs).")

@@ -54,11 +54,14 @@ from typing import Any, Callable, Optional
 import jax
 from ml_collections import ConfigDict
 
-from sdr_jax import models, route as route_lib
-from sdr_jax.cluster import job as cluster_job
+from sdr_jax import models
+
+from sdr_jax.jobs import route as route_lib
+from sdr_jax.jobs.cluster import job as cluster_job
 from sdr_jax.config_base import load_config_file
-from sdr_jax.errors import CheckpointError, ConfigError, SDRError
-from sdr_jax.eval import downstream, protocol
+from sdr_jax.core.errors import CheckpointError, ConfigError, SDRError
+from sdr_jax.jobs import evaluate as evaluate_job
+from sdr_jax.eval import protocol
 from sdr_jax.train import simsiam as simsiam_trainer
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import sdr as sdr_trainer
@@ -230,7 +233,7 @@ def _baselines(config: ConfigDict, simsiam_workdir: str, out_dir: str, task_name
                   f"{done['knn']['test']['accuracy']:.4f})", flush=True)
             continue
         # The raw-pixel and random-init baselines come from routing, on the same split.
-        result = downstream.evaluate(config, simsiam_workdir, task, baselines=False)
+        result = evaluate_job.evaluate(config, simsiam_workdir, task, baselines=False)
         if lead:
             _write_atomic(path, json.dumps(result, indent=1))
     return True

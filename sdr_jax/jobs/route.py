@@ -20,7 +20,7 @@ Outputs in `<out or workdir>/route/<task>/`: `ranking.txt`, `ranking.json` (ever
 its 95% interval, the protocol, the split's ids, the routed leaf's domain composition),
 `accuracy_hist.png` and the routed sub-net exported compactly in `best_subnet/`:
 
-    model, variables = sdr_jax.route.load_exported(".../route/<task>/best_subnet")
+    model, variables = sdr_jax.jobs.route.load_exported(".../route/<task>/best_subnet")
     feature = model.apply(variables, images_uint8_nhwc, None, False)["feature"]
 """
 from __future__ import annotations
@@ -40,14 +40,15 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.data import datasets, mosaic, pipeline
-from sdr_jax.errors import CheckpointError, ConfigError
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.data import datasets, mosaic, input_pipeline
+from sdr_jax.core.errors import CheckpointError, ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.eval.knn import knn_accuracy
 from sdr_jax.models import build_model, export, path_spec, resnet
 from sdr_jax.models.simsiam import SimSiam
-from sdr_jax.train import checkpoint, mesh as mesh_lib
+from sdr_jax.train import checkpoint
+from sdr_jax.core import mesh as mesh_lib
 
 EXPORT_DIR = "best_subnet"
 _MODEL_FILE, _VARIABLES_FILE = "model.json", "variables.npz"
@@ -192,7 +193,7 @@ def _limited_batches(source, *, batch_size: int, image_size: int, limit: int
                      ) -> Iterator[dict[str, np.ndarray]]:
     """eval_batches over `source`, stopping after `limit` examples (0 = all)."""
     seen = 0
-    for batch in pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
+    for batch in input_pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
         if limit:
             keep = np.cumsum(batch["mask"]) + seen <= limit
             batch["mask"] &= keep

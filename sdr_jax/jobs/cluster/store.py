@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sdr_jax.errors import SDRError
+from sdr_jax.core.errors import SDRError
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"

@@ -16,11 +16,14 @@ from typing import Optional
 import numpy as np
 from ml_collections import ConfigDict
 
-from sdr_jax import paths, route
-from sdr_jax.errors import ConfigError
+from sdr_jax.core import paths
+
+from sdr_jax.jobs import route
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.models import build_model, path_spec
-from sdr_jax.train import checkpoint, mesh as mesh_lib
+from sdr_jax.train import checkpoint
+from sdr_jax.core import mesh as mesh_lib
 
 
 def parse_path(spec: paths.PathSpec, text: Optional[str]) -> np.ndarray:

@@ -31,16 +31,16 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from sdr_jax import models
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.cluster import clustering, summary
-from sdr_jax.cluster.features import FeatureStore, FeatureWriter
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.jobs.cluster import clustering, summary
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.config_base import load_config_file
 from sdr_jax.data import datasets, mosaic
-from sdr_jax.errors import ConfigError, SDRError
+from sdr_jax.core.errors import ConfigError, SDRError
 from sdr_jax.eval import features as features_lib
-from sdr_jax.paths import PathSpec
+from sdr_jax.core.paths import PathSpec
 from sdr_jax.train import checkpoint as checkpoint_lib
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 
 FEATURES_DIR = "features"
 ASSIGNMENTS_FILE = "assignments.npz"
