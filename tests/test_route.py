@@ -223,7 +223,7 @@ def test_write_after_a_killed_writer_removes_its_leftovers_and_is_readable(tmp_p
     # A writer SIGKILLed mid-write (no cleanup runs) leaves its hidden temporary directory.
     killed = subprocess.run(
         [sys.executable, "-c",
-         "import os, signal, sys; from sdr_jax import route\n"
+         "import os, signal, sys; from sdr_jax.jobs import route\n"
          "def write(d):\n"
          "    open(os.path.join(d, 'half'), 'w').close(); os.kill(os.getpid(), signal.SIGKILL)\n"
          f"route._write_atomically({str(target)!r}, write)"],
