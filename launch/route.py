@@ -4,7 +4,7 @@
   python launch/route.py --task=mnist --workdir=runs/sdr [--out=DIR] [--config.bn=running]
 
 Writes <out or workdir>/route/<task>/{ranking.txt, ranking.json, accuracy_hist.png,
-best_subnet/}; load the sub-net with `sdr_jax.jobs.route.load_exported(dir)`.
+best_subnet/}; load the sub-net with `sdr_jax.models.export.load_exported(dir)`.
 """
 import os
 import sys

@@ -23,7 +23,7 @@ def _check_export(cfg, paths_to_check, size=16):
     x = images(4, size)
     variables = random_variables(model, x, path_spec(cfg).full_path())
     masked = jax.jit(lambda v, x, p: model.apply(v, x, p, False))
-    last = sdr_layout(cfg).layout(3, 64 * model.block_cls.expansion)
+    last = sdr_layout(cfg).layout(3, 64 * model.backbone.block_cls.expansion)
     for path in paths_to_check:
         want = masked(variables, x, jnp.asarray(path))
         compact, compact_vars = export_subnet(cfg, variables, path)

@@ -12,10 +12,11 @@ import pytest
 
 from models_testlib import images, random_variables, tiny_config
 from sdr_jax.core import paths
+from sdr_jax.core.errors import CheckpointError
 from sdr_jax.jobs import route
 from sdr_jax.data import datasets, tasks
 from sdr_jax.models import build_model, export, path_spec, sdr_layout
-from sdr_jax.models.resnet import stage_filters
+from sdr_jax.models.backbones.base import stage_filters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -106,15 +107,15 @@ def test_exported_subnet_reloads_and_reproduces_routed_features(sdrnet, tmp_path
     path = spec.index_to_path(index)
     compact, compact_vars = export.export_subnet(
         cfg, export.recalibrate_bn(model, variables, path, batches), path)
-    route.save_exported(str(tmp_path / "best"), compact, compact_vars, {"path": path.tolist()})
+    export.save_exported(str(tmp_path / "best"), compact, compact_vars, {"path": path.tolist()})
 
-    loaded, loaded_vars = route.load_exported(str(tmp_path / "best"))
+    loaded, loaded_vars = export.load_exported(str(tmp_path / "best"))
     got = loaded.apply(loaded_vars, x, None, False)["feature"]
     last = sdr_layout(cfg).layout(3, 64)
     active = paths.active_channels(last, int(path[-1]))
     np.testing.assert_allclose(got, routed[index][:, active], rtol=1e-5, atol=1e-5)
     assert np.all(routed[index][:, np.setdiff1d(np.arange(64), active)] == 0)
-    assert route.exported_meta(str(tmp_path / "best")) == {"path": path.tolist()}
+    assert export.exported_meta(str(tmp_path / "best")) == {"path": path.tolist()}
 
 
 def test_unknown_and_unprepared_tasks(tmp_path):
@@ -127,8 +128,8 @@ def test_unknown_and_unprepared_tasks(tmp_path):
     assert tasks.get_task("flowers").train_split == "train+validation"
     assert set(tasks.PAPER_TASKS) >= {"cars", "flowers", "pets", "food", "dtd", "sun397",
                                       "caltech101", "cifar10", "cifar100", "voc2007"}
-    with pytest.raises(route.CheckpointError, match="not an exported sub-net"):
-        route.load_exported(str(tmp_path))
+    with pytest.raises(CheckpointError, match="not an exported sub-net"):
+        export.load_exported(str(tmp_path))
 
 
 def _run(script, *args):

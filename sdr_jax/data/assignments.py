@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from sdr_jax.core.errors import SDRError
-
 from sdr_jax.core.paths import PathSpec
 
 FORMAT_VERSION = 1
@@ -76,14 +75,19 @@ class Assignments:
         return self.num_groups**self.num_blocks
 
     @property
+    def spec(self) -> PathSpec:
+        """The path space; it knows the tree's node order."""
+        return PathSpec(self.num_blocks, self.num_groups)
+
+    @property
     def paths(self) -> np.ndarray:
         """(n, L) path codes of every example's leaf."""
-        return PathSpec(self.num_blocks, self.num_groups).index_to_path(self.leaves)
+        return self.spec.index_to_path(self.leaves)
 
     def node_ids(self, depth: int) -> np.ndarray:
         """(n,) id of every example's tree node at `depth` (0 = root, L = leaf)."""
         self._check_depth(depth)
-        return self.leaves // self.num_groups**(self.num_blocks - depth)
+        return self.spec.suffix_node_of_leaf(self.leaves, depth)
 
     def sizes(self, depth: int) -> np.ndarray:
         """(G**depth,) number of examples under every node at `depth`."""
@@ -135,8 +139,7 @@ class Assignments:
         if np.any(codes[:free] != -1):
             raise AssignmentsError(f"only the leading blocks of a partial path may be free (-1); "
                                    f"got {partial_path!r}.")
-        fixed = codes[free:]
-        return blocks - free, int(np.sum(fixed * g**np.arange(len(fixed))))
+        return self.spec.suffix_node(codes)
 
 
 def load(path: str | os.PathLike, *, num_groups: int | None = None,
