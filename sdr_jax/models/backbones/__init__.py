@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from sdr_jax.core.errors import ConfigError
-from sdr_jax.models.backbones import resnet
+from sdr_jax.models.backbones import resnet, vgg
 from sdr_jax.models.backbones.base import STEMS, Backbone
 
-_MODULES = (resnet,)
+_MODULES = (resnet, vgg)
 
 ARCHS = {name: arch for module in _MODULES for name, arch in module.ARCHS.items()}
 # Class name -> class, for exported sub-nets (their file names the class).
