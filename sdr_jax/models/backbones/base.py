@@ -13,9 +13,10 @@ its groups split (the stage's output last); `channel_layouts()` derives every la
 one place that does. `export(variables, path)` returns the compact plain backbone of a path with
 its variables, and the feature channels the path keeps (the heads' input rows).
 
-A new backbone subclasses `Backbone`, implements `channel_widths`, `stem`, `stage`,
-`level_scopes` and `export` (`slice_conv_bn` does the slicing of a conv + BN pair), and lists its
-archs in `sdr_jax/models/backbones/__init__.py`.
+A new backbone subclasses `Backbone`, implements `channel_widths`, `setup` and `export`
+(`slice_conv_bn` slices a conv + BN pair), and lists its archs in `backbones/__init__.py`.
+`stem`, `stage` and `level_scopes` have defaults for the layout both backbones here use: the
+stem of `setup_stem` and a list `self.stages` of stage modules named `stages_{s}`.
 """
 from __future__ import annotations
 
@@ -50,15 +51,21 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def stem(self, x: jax.Array, train: bool) -> jax.Array:
-        raise NotImplementedError
+        """The default stem (`setup_stem`): conv -> BN -> ReLU, then on 'imagenet' a max pool."""
+        x = nn.relu(self.stem_bn(self.stem_conv(x.astype(self.dtype)), None, not train))
+        if self.stem_kind == "imagenet":
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        return x
 
     def stage(self, x: jax.Array, stage: int, p: Optional[jax.Array], train: bool) -> jax.Array:
-        """Network stage `stage` with its path entry `p` (None or ignored if not SDR)."""
-        raise NotImplementedError
+        """Network stage `stage` with its path entry `p` (None or ignored if not SDR); by
+        default the stage modules of `setup`'s list `self.stages`."""
+        return self.stages[stage](x, p, train)
 
     def level_scopes(self) -> tuple[tuple[str, ...], ...]:
-        """Per routing level (stem, then every stage): the names of its top-level children."""
-        raise NotImplementedError
+        """Per routing level (stem, then every stage): the names of its top-level children;
+        by default the default stem's and `stages_{s}`."""
+        return (("stem_conv", "stem_bn"),) + tuple((f"stages_{s}",) for s in range(self.num_stages))
 
     def export(self, variables: Variables, path: np.ndarray
                ) -> tuple["Backbone", Variables, np.ndarray]:
@@ -67,6 +74,15 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # -- derived, shared by every backbone -------------------------------------------------
+
+    def setup_stem(self) -> None:
+        """Call from `setup`: the default stem's layers (7x7/2 on 'imagenet', 3x3/1 on 'small',
+        64*width channels)."""
+        check_stem(self.stem_kind)
+        big = self.stem_kind == "imagenet"
+        self.stem_conv = conv(base_width(self.width), 7 if big else 3, 2 if big else 1, None,
+                              self.dtype)
+        self.stem_bn = norm_layer(self)()
 
     @property
     def num_stages(self) -> int:

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdr_jax.core import paths
-from sdr_jax.models.backbones.base import (Backbone, Variables, base_width, check_stem, conv,
-                                           masked, norm_layer, plain, slice_conv_bn,
-                                           stage_filters)
+from sdr_jax.models.backbones.base import (Backbone, Variables, base_width, conv,
+                                           masked, norm_layer, plain, slice_conv_bn, stage_filters)
 
 ModuleDef = Any
 Mask = Optional[jax.Array]
@@ -129,32 +128,15 @@ class ResNet(Backbone):
         filters = stage_filters(self.stage_sizes, self.width, self.stage_widths)
         return tuple((f, f * self.block_cls.expansion) for f in filters)
 
-    def level_scopes(self) -> tuple[tuple[str, ...], ...]:
-        return (("stem_conv", "stem_bn"),) + tuple((f"stages_{s}",) for s in range(self.num_stages))
-
     def setup(self):
-        check_stem(self.stem_kind)
+        self.setup_stem()
         norm = norm_layer(self)
-        big = self.stem_kind == "imagenet"
-        self.stem_conv = conv(base_width(self.width), 7 if big else 3, 2 if big else 1, None,
-                               self.dtype)
-        self.stem_bn = norm()
         self.stages = [
             ResNetStage(n, inner, 1 if s == 0 else 2, self.block_cls, norm,
                         *(layouts or (None, None)), self.dtype,
                         self.identity_select if s == 0 else None)
             for s, (n, (inner, _), layouts) in enumerate(
                 zip(self.stage_sizes, self.channel_widths(), self.channel_layouts()))]
-
-    def stem(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.relu(self.stem_bn(self.stem_conv(x.astype(self.dtype)), None, not train))
-        if self.stem_kind == "imagenet":
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        return x
-
-    def stage(self, x: jax.Array, stage: int, p: Optional[jax.Array], train: bool) -> jax.Array:
-        """Applies network stage `stage` with its path entry `p` (ignored if not SDR)."""
-        return self.stages[stage](x, p, train)
 
     def export(self, variables: Variables, path: np.ndarray
                ) -> tuple["ResNet", Variables, np.ndarray]:

@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdr_jax.core import paths
-from sdr_jax.models.backbones.base import (Backbone, Variables, base_width, check_stem, conv,
-                                           masked, norm_layer, plain, slice_conv_bn,
-                                           stage_filters)
+from sdr_jax.models.backbones.base import (Backbone, Variables, base_width, conv,
+                                           masked, norm_layer, plain, slice_conv_bn, stage_filters)
 
 
 class VGGStage(nn.Module):
@@ -57,29 +56,13 @@ class VGG(Backbone):
     def channel_widths(self) -> tuple[tuple[int, ...], ...]:
         return tuple((f,) for f in stage_filters(self.stage_sizes, self.width, self.stage_widths))
 
-    def level_scopes(self) -> tuple[tuple[str, ...], ...]:
-        return (("stem_conv", "stem_bn"),) + tuple((f"stages_{s}",) for s in range(self.num_stages))
-
     def setup(self):
-        check_stem(self.stem_kind)
+        self.setup_stem()
         norm = norm_layer(self)
-        big = self.stem_kind == "imagenet"
-        self.stem_conv = conv(base_width(self.width), 7 if big else 3, 2 if big else 1, None,
-                              self.dtype)
-        self.stem_bn = norm()
         self.stages = [
             VGGStage(n, f, s > 0, norm, None if layouts is None else layouts[0], self.dtype)
             for s, (n, (f,), layouts) in enumerate(
                 zip(self.stage_sizes, self.channel_widths(), self.channel_layouts()))]
-
-    def stem(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.relu(self.stem_bn(self.stem_conv(x.astype(self.dtype)), None, not train))
-        if self.stem_kind == "imagenet":
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        return x
-
-    def stage(self, x: jax.Array, stage: int, p: Optional[jax.Array], train: bool) -> jax.Array:
-        return self.stages[stage](x, p, train)
 
     def export(self, variables: Variables, path: np.ndarray
                ) -> tuple["VGG", Variables, np.ndarray]:
