@@ -1,10 +1,7 @@
 """The backbone interface: what export, routing, BN recalibration and reports ask of a network.
 
-A backbone is a Flax module built from the fields
-
-    width, stem_kind, sdr (an SDRLayout or None), dtype, bn_momentum, bn_axis_name, sync_bn
-
-(plus its own, e.g. ResNet's `stage_sizes`), applied whole (`__call__(x, path, train)`) or
+A backbone is a Flax module with the fields of `Backbone` (width, stage_widths, stem_kind, sdr,
+dtype and the BN settings) plus its own, keyword-only (e.g. ResNet's `stage_sizes`), applied whole (`__call__(x, path, train)`) or
 stage-wise: `stem`, then `stage(x, s, p, train)` for every network stage, then `pool`. Routing's
 prefix tree runs these levels (level 0 = stem, level s+1 = stage s) and needs, per level, the
 top-level children whose BN statistics it holds per tree node (`level_scopes`). `pool` has no
@@ -39,7 +36,20 @@ SHARED_FIELDS = ("dtype", "bn_momentum", "bn_axis_name", "sync_bn")
 
 
 class Backbone(nn.Module):
-    """Base class of the backbones; see the module docstring for the contract."""
+    """Base class of the backbones; see the module docstring for the contract.
+
+    Subclasses add their fields keyword-only: `class MyNet(Backbone, kw_only=True)`.
+    """
+
+    width: float = 1.0
+    # Explicit widths per stage instead of 64*width*2**s: the compact sub-nets of `export`.
+    stage_widths: Optional[tuple[int, ...]] = None
+    stem_kind: str = "imagenet"
+    sdr: Optional[paths.SDRLayout] = None
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_axis_name: Optional[str] = None
+    sync_bn: bool = True
 
     # Fields whose values are classes: saved by name, looked up here on load.
     named_fields: ClassVar[dict[str, dict[str, Any]]] = {}

@@ -98,7 +98,7 @@ class ResNetStage(nn.Module):
         return x
 
 
-class ResNet(Backbone):
+class ResNet(Backbone, kw_only=True):
     """ResNet returning the global-average-pooled feature; optional SDR stages.
 
     Call it whole (`__call__(x, path, train)`) or stage-wise (`stem`, `stage`,
@@ -108,14 +108,6 @@ class ResNet(Backbone):
 
     stage_sizes: Sequence[int]
     block_cls: ModuleDef
-    width: float = 1.0
-    stage_widths: Optional[tuple[int, ...]] = None
-    stem_kind: str = "imagenet"
-    sdr: Optional[paths.SDRLayout] = None
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_axis_name: Optional[str] = None
-    sync_bn: bool = True
     # Compact exports only: the first block's identity shortcut keeps these stem
     # channels (an SDR stage 0 whose shortcut is the identity in the SDRnet).
     identity_select: Optional[tuple[int, ...]] = None

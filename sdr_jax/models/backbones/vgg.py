@@ -40,18 +40,10 @@ class VGGStage(nn.Module):
         return x
 
 
-class VGG(Backbone):
+class VGG(Backbone, kw_only=True):
     """VGG-style backbone; widths 64*width*2**s per stage (or `stage_widths`, compact nets)."""
 
-    stage_sizes: Sequence[int]
-    width: float = 1.0
-    stage_widths: Optional[tuple[int, ...]] = None
-    stem_kind: str = "imagenet"
-    sdr: Optional[paths.SDRLayout] = None
-    dtype: Any = jnp.float32
-    bn_momentum: float = 0.9
-    bn_axis_name: Optional[str] = None
-    sync_bn: bool = True
+    stage_sizes: Sequence[int]  # 3x3 conv layers per stage
 
     def channel_widths(self) -> tuple[tuple[int, ...], ...]:
         return tuple((f,) for f in stage_filters(self.stage_sizes, self.width, self.stage_widths))
