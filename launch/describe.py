@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from sdr_jax.jobs import cli
 from sdr_jax.models import build_model, path_spec
 from sdr_jax.models.export import export_subnet, forward_flops, param_count
 
@@ -63,7 +64,7 @@ def describe(config) -> str:
 
 def main(argv):
     del argv
-    print(describe(_CONFIG.value))
+    print(cli.run_or_fail(describe, _CONFIG.value))
 
 
 if __name__ == "__main__":

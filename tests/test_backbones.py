@@ -156,3 +156,6 @@ def test_registry_and_interface():
             len(widths) for widths in bb.channel_widths()]
     with pytest.raises(ValueError, match=r"SDR stage 0 \(8 channels\).*3 groups"):
         build_model(model_config("vgg_tiny", sdr=dict(num_groups=3)))
+    # The network's dtype and BN settings are its backbone's, through clones too.
+    probe = export.stats_probe(build_model(vgg_config(), bn_axis_name="batch"))
+    assert (probe.backbone.bn_momentum, probe.backbone.bn_axis_name) == (0.0, None)
