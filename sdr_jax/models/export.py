@@ -21,7 +21,7 @@ import numpy as np
 
 from sdr_jax.core.errors import CheckpointError
 from sdr_jax.models import backbones, build_model, path_spec
-from sdr_jax.models.backbones.base import plain
+from sdr_jax.models.backbones.base import SHARED_FIELDS, plain
 from sdr_jax.models.simsiam import SimSiam
 
 Variables = dict[str, Any]
@@ -110,7 +110,7 @@ def save_exported(directory: str, model: SimSiam, variables: Variables, meta: di
     if model.sdr is not None:
         raise ValueError("save_exported takes a compact sub-net (export_subnet), not the SDRnet.")
     backbone = {"class": type(model.backbone).__name__, **model.backbone.to_fields()}
-    for name in ("dtype", "bn_momentum", "bn_axis_name", "sync_bn"):
+    for name in SHARED_FIELDS:
         backbone.pop(name)  # the network's, below
     fields = {"backbone": backbone, "proj_dim": model.proj_dim, "proj_layers": model.proj_layers,
               "pred_dim": model.pred_dim, "dtype": jnp.dtype(model.dtype).name,

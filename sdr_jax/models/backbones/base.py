@@ -1,14 +1,14 @@
 """The backbone interface: what export, routing, BN recalibration and reports ask of a network.
 
 A backbone is a Flax module with the fields of `Backbone` (width, stage_widths, stem_kind, sdr,
-dtype and the BN settings) plus its own, keyword-only (e.g. ResNet's `stage_sizes`), applied whole (`__call__(x, path, train)`) or
-stage-wise: `stem`, then `stage(x, s, p, train)` for every network stage, then `pool`. Routing's
-prefix tree runs these levels (level 0 = stem, level s+1 = stage s) and needs, per level, the
-top-level children whose BN statistics it holds per tree node (`level_scopes`). `pool` has no
-variables. What the SDR masks need is one call, `channel_widths()`: per stage the channel widths
-its groups split (the stage's output last); `channel_layouts()` derives every layout from it, the
-one place that does. `export(variables, path)` returns the compact plain backbone of a path with
-its variables, and the feature channels the path keeps (the heads' input rows).
+dtype and the BN settings) plus its own, keyword-only (e.g. ResNet's `stage_sizes`). It is
+applied whole (`__call__(x, path, train)`) or stage-wise: `stem`, then `stage(x, s, p, train)`
+for every network stage, then `pool` (which has no variables). Routing's prefix tree runs these
+levels (level 0 = stem, level s+1 = stage s) and keeps, per tree node, the BN statistics of each
+level's top-level children (`level_scopes`). What the SDR masks need is `channel_widths()`: per
+stage the channel widths its groups split (output last); `channel_layouts()` derives every
+layout from it, the one place that does. `export(variables, path)` returns the compact plain
+backbone of a path, its variables, and the feature channels it keeps (the heads' input rows).
 
 A new backbone subclasses `Backbone`, implements `channel_widths`, `setup` and `export`
 (`slice_conv_bn` slices a conv + BN pair), and lists its archs in `backbones/__init__.py`.
