@@ -18,7 +18,9 @@ from sdr_jax.data.augment import default_aug_config
 def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, stem: str,
                    proj_dim: int, pred_dim: int, split: str = "pool") -> ConfigDict:
     config = ConfigDict()
-    config.method = "simsiam"
+    config.kind = "pretrain"               # launch/train.py runs sdr_jax/train/<kind>.py
+    config.method = ConfigDict({"name": "simsiam"})  # sdr_jax/methods/<name>.py and its fields
+                                           # (another: sdr_jax.methods.configure(config, name))
     config.seed = 0
 
     config.data = ConfigDict()
@@ -67,7 +69,7 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
     """SimSiam's fields plus the SDRnet's groups and the progressive-training section."""
     config = simsiam_config(dataset=dataset, image_size=image_size, arch=arch, width=width,
                             stem=stem, proj_dim=proj_dim, pred_dim=pred_dim, split=split)
-    config.method = "sdr"
+    config.kind = "sdr"
     config.model = models.model_config(
         arch, width=width, stem=stem, proj_dim=proj_dim, pred_dim=pred_dim, kd_head=True,
         sdr=dict(num_groups=num_groups, stages=tuple(stages), shared_fraction=shared_fraction))

@@ -19,16 +19,16 @@ def learning_rate_schedule(optim_cfg: ConfigDict, num_steps: int) -> optax.Sched
     return optax.cosine_decay_schedule(peak, max(num_steps, 1))
 
 
-def _is_predictor(path) -> bool:
-    return any("predictor" in str(getattr(key, "key", key)).lower() for key in path)
-
-
-def make_optimizer(optim_cfg: ConfigDict, num_steps: int
+def make_optimizer(optim_cfg: ConfigDict, num_steps: int, predictors: tuple[str, ...] = ("predictor",)
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optimiser, backbone lr schedule).
 
-    The predictor keeps the peak lr throughout when `fix_pred_lr` is set (SimSiam §4.2: a
-    decaying predictor lr hurts); everything else follows the cosine schedule.
+    With `fix_pred_lr` the `predictors` (top-level modules of the params, named exactly: the
+    method's, `SSLMethod.predictors`) keep the peak lr throughout (SimSiam §4.2: a decaying
+    predictor lr hurts, the predictor must keep adapting to the latest representations);
+    everything else follows the cosine schedule. That is SimSiam's predictor h only: the SDR
+    SiamKD head (`kd_predictor`) is no part of SimSiam and the SDR sources give it no lr of its
+    own, so it follows the schedule like the backbone and projector.
     """
     schedule = learning_rate_schedule(optim_cfg, num_steps)
 
@@ -40,7 +40,7 @@ def make_optimizer(optim_cfg: ConfigDict, num_steps: int
         return sgd(schedule), schedule
     def labels(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: "predictor" if _is_predictor(path) else "rest", params)
+            lambda path, _: "predictor" if path[0].key in predictors else "rest", params)
 
     tx = optax.multi_transform(
         {"rest": sgd(schedule), "predictor": sgd(peak_learning_rate(optim_cfg))}, labels)
