@@ -35,6 +35,7 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
                                        pred_dim=pred_dim, sdr=dict(num_groups=0))
 
     config.optim = ConfigDict()
+    config.optim.optimizer = "sgd"         # 'sgd' (SimSiam) or 'lars' (BYOL's ImageNet recipe)
     config.optim.batch_size = 512          # global batch, split over all devices
     config.optim.base_lr = 0.05            # lr = base_lr * batch_size / 256, cosine decay
     config.optim.momentum = 0.9

@@ -1,9 +1,14 @@
-"""SimSiam's optimiser: SGD with momentum and L2 weight decay, cosine lr, fixed predictor lr."""
+"""The optimiser: SGD with momentum and L2 weight decay (SimSiam) or LARS (BYOL), cosine lr
+with optional linear warm-up, optionally a fixed predictor lr."""
 from __future__ import annotations
 
 import jax
 import optax
 from ml_collections import ConfigDict
+
+from sdr_jax.core.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars")
 
 
 def peak_learning_rate(optim_cfg: ConfigDict) -> float:
@@ -30,9 +35,20 @@ def make_optimizer(optim_cfg: ConfigDict, num_steps: int, predictors: tuple[str,
     SiamKD head (`kd_predictor`) is no part of SimSiam and the SDR sources give it no lr of its
     own, so it follows the schedule like the backbone and projector.
     """
+    if optim_cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optim.optimizer={optim_cfg.optimizer!r}; choose one of "
+                          f"{', '.join(OPTIMIZERS)}.")
     schedule = learning_rate_schedule(optim_cfg, num_steps)
 
     def sgd(lr):
+        if optim_cfg.optimizer == "lars":
+            # As BYOL (and SimCLR): biases and BN parameters (the 1-D leaves) get neither
+            # weight decay nor the layer-wise trust ratio.
+            def matrices(params):
+                return jax.tree.map(lambda p: p.ndim > 1, params)
+            return optax.lars(lr, weight_decay=optim_cfg.weight_decay,
+                              weight_decay_mask=matrices, trust_ratio_mask=matrices,
+                              momentum=optim_cfg.momentum)
         return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
                            optax.sgd(lr, momentum=optim_cfg.momentum))
 
