@@ -159,3 +159,12 @@ def test_sdr_over_byol_trains_at_tiny_with_one_compile_per_step_function(small_m
     # The target tracks the online network (EMA), so it is neither the init nor the online.
     online, target = jax.tree.leaves(state.params), jax.tree.leaves(state.method_state["params"])
     assert any(not np.array_equal(a, b) for a, b in zip(online, target))
+
+
+def test_a_workdir_of_another_method_is_refused_before_restoring(tmp_path):
+    from configs import simsiam_mosaic
+    checkpoint.check_workdir_config(str(tmp_path), simsiam_mosaic.get_config("tiny"))
+    (tmp_path / checkpoint.CHECKPOINT_DIR / "3").mkdir(parents=True)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="holds a run of method 'simsiam', not 'byol'"):
+        checkpoint.check_workdir_config(str(tmp_path), byol_mosaic.get_config("tiny"))

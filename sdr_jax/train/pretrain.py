@@ -48,7 +48,7 @@ class PretrainTrainer(trainer_lib.Trainer):
 
     def __init__(self, config: ConfigDict, workdir: str):
         super().__init__(config, workdir)
-        self.name = self.method.name
+        self.name = f"{self.method.name} pre-training"
         self.train_model = models.build_model(config.model, bn_axis_name=DATA_AXIS)
 
     def make_data(self, first_step: int, data_state: dict | None):

@@ -74,7 +74,7 @@ class Trainer:
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, self.num_steps,
                                                          self.method.predictors)
 
-    # -- what a method provides -------------------------------------------------------------
+    # -- what a kind of training provides -----------------------------------------------------
     def make_data(self, first_step: int, data_state: dict | None) -> Iterator:
         raise NotImplementedError
 
