@@ -31,7 +31,8 @@ def test_gradient_is_the_global_batch_gradient_and_its_norms_are_reported(num_de
     w = rng.normal(size=(3,)).astype(np.float32)
     tx = optax.sgd(0.1)
     mesh = mesh_lib.make_data_mesh(jax.devices()[:num_devices])
-    count_updates = lambda s: s.replace(method_state={"n": s.method_state["n"] + 1 + s.step})  # noqa
+    def count_updates(s):  # the hook sees the state before the step count moves on
+        return s.replace(method_state={"n": s.method_state["n"] + 1 + s.step})
     step = step_lib.make_step(linear_loss, tx, mesh, metrics=Metrics, after_update=count_updates)
     state = TrainState(step=jnp.int32(0), params={"w": w}, batch_stats={},
                        opt_state=tx.init({"w": w}), method_state={"n": jnp.int32(0)})
@@ -63,7 +64,8 @@ def test_methods_are_found_by_name_and_an_unknown_one_is_one_line():
     assert not byol_config.optim.fix_pred_lr
     bad = byol_config.unlock()
     bad.method.name = "simsiam"
-    with pytest.raises(ConfigError, match=r"method 'simsiam' has no field\(s\) \['base_momentum'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"method 'simsiam' has no field\(s\) \['base_momentum'\]"):
         methods.build(bad.method, 10)
 
 

@@ -182,7 +182,8 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
             return {"finished": False, "stopped_in": name, "seconds": timings.seconds}
     if until is not None and until != STAGES[-1]:
         return {"finished": True, "stopped_in": None, "seconds": timings.seconds}
-    summary = make_summary(configs["route"], dirs, config.tasks, timings.seconds)
+    summary = make_summary(configs["route"], dirs, config.tasks, timings.seconds,
+                           method=config.method)
     if lead:
         text = format_summary(summary)
         _write_atomic(os.path.join(workdir, SUMMARY_TXT), text + "\n")
@@ -267,7 +268,7 @@ REFERENCE = "simsiam"  # the column every other is marked against
 
 
 def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
-                 seconds: dict[str, float]) -> dict[str, Any]:
+                 seconds: dict[str, float], method: str = "simsiam") -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     pictures = {"clusters": os.path.join(dirs["cluster"], cluster_job.CLUSTERS_PNG)}
     for task in task_names:
@@ -297,15 +298,17 @@ def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
             for kind, columns in (("knn", KNN_COLUMNS), ("linear", LINEAR_COLUMNS))} \
         if tasks else {}
     return {"tasks": tasks, "mean": mean, "protocol": protocol.describe(route_config),
-            "seconds": dict(seconds), "pictures": pictures}
+            "seconds": dict(seconds), "pictures": pictures, "method": method}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     tasks, mean, p = summary["tasks"], summary["mean"], summary["protocol"]
     width = max(8, *(len(t) for t in tasks))
     cell = 20
+    base = methods.method_class(summary.get("method", "simsiam")).title  # the pre-training column
 
     def table(kind: str, columns) -> list[str]:
+        columns = [(key, base if key == REFERENCE else header) for key, header in columns]
         lines = [f"{'task':<{width}}  " + "  ".join(f"{h:>{cell}}" for _, h in columns),
                  f"{'-' * width}  " + "  ".join("-" * cell for _ in columns)]
         rows = [(name, row[kind]) for name, row in tasks.items()]
@@ -330,7 +333,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{route_lib.format_composition(row['composition'])}")
     sizes = "; ".join(f"{name} {row['num_validation']}/{row['num_memory']}/{row['num_test']}"
                       for name, row in tasks.items())
-    lines += ["", protocol.NOISE_LEGEND + ".",
+    lines += ["", protocol.NOISE_LEGEND.replace("vs SimSiam", f"vs {base}") + ".",
               f"Protocol: k={p['knn_k']}, T={p['knn_temperature']}, bn={p['bn']}; train capped "
               f"at {p['max_train'] or 'all'} images, split by seed {p['split_seed']} into "
               f"validation ({p['val_fraction']:g}) and memory; queries: "

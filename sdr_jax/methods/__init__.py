@@ -13,7 +13,8 @@ A method is a module `sdr_jax/methods/<name>.py` that defines `Method`, a subcla
     the new batch statistics, the new method state and the online network's outputs per view.
   * `after_update(method_state, params, step)`: the method state after the optimiser step
     `step` (0-based) produced `params` (BYOL: the EMA of the target network).
-  * `predictors`: the top-level modules `optim.fix_pred_lr` keeps at the peak lr.
+  * `predictors`: the top-level modules `optim.fix_pred_lr` keeps at the peak lr; `name` (the
+    module's) and `title` (how reports call it).
 
 The pre-training step (`train/pretrain.py`) and the SDR step (`train/sdr.py`, D0 and sub-net
 losses) are written once against this interface; distillation (`distill.py`) is not a method.
@@ -40,8 +41,13 @@ class SSLMethod:
     """The interface every method implements; see the module docstring."""
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # how reports name it (the pipeline's summary); default: name
     predictors: ClassVar[tuple[str, ...]] = ("predictor",)
     recipe: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.title = cls.title or cls.name
 
     def __init__(self, method_cfg: ConfigDict, num_steps: int):
         self.config = method_cfg

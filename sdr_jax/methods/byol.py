@@ -25,7 +25,8 @@ from sdr_jax import methods
 def byol_loss(p1: jax.Array, p2: jax.Array, t1: jax.Array, t2: jax.Array) -> jax.Array:
     """Symmetric BYOL loss: the mean over the batch of |n(p1) - n(t2)|^2 + |n(p2) - n(t1)|^2,
     i.e. 4 - 2 cos(p1, t2) - 2 cos(p2, t1); the targets `t` are stop-gradient."""
-    return (2.0 + 2.0 * methods.negative_cosine(p1, t2)) + (2.0 + 2.0 * methods.negative_cosine(p2, t1))
+    return ((2.0 + 2.0 * methods.negative_cosine(p1, t2))
+            + (2.0 + 2.0 * methods.negative_cosine(p2, t1)))
 
 
 def target_momentum(step: jax.Array | int, num_steps: int, base_momentum: float) -> jax.Array:
@@ -40,7 +41,7 @@ def ema(target, online, tau: jax.Array):
 
 
 class Method(methods.SSLMethod):
-    name = "byol"
+    name, title = "byol", "BYOL"
     # BYOL trains every weight, the predictor included, on the one lr schedule.
     recipe = {"optim.fix_pred_lr": False}
 

@@ -15,7 +15,7 @@ def simsiam_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> 
 
 
 class Method(methods.SSLMethod):
-    name = "simsiam"
+    name, title = "simsiam", "SimSiam"
     # SimSiam §4.2: the predictor keeps a fixed lr (it must keep adapting to the latest
     # representations; a decaying lr hurts).
     recipe = {"optim.fix_pred_lr": True}

@@ -24,7 +24,8 @@ def learning_rate_schedule(optim_cfg: ConfigDict, num_steps: int) -> optax.Sched
     return optax.cosine_decay_schedule(peak, max(num_steps, 1))
 
 
-def make_optimizer(optim_cfg: ConfigDict, num_steps: int, predictors: tuple[str, ...] = ("predictor",)
+def make_optimizer(optim_cfg: ConfigDict, num_steps: int,
+                   predictors: tuple[str, ...] = ("predictor",)
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optimiser, backbone lr schedule).
 

@@ -16,14 +16,14 @@ Running BN statistics are a function of the global batch and the paths, not of t
 they are updated once per step, by the SDRnet's pass over D0 (SyncBN over the global batch;
 view 1's update, then view 2's, as in SimSiam; the method's state, e.g. BYOL's target network,
 likewise). The sub-net passes normalise with their own batch statistics but do not update the
-shared running ones. Why not: on one device the per-path
-loop would apply one momentum update per path and view in sequence, across devices one averaged
-update, so the effective momentum would depend on the layout (up to 0.7 apart for one step of 8
-paths); a layout-free average of the per-path statistics would be possible but buys nothing,
-since every sub-net's statistics are recalibrated on its task's images before it is evaluated
-(`route`, the evaluation protocol), and the SDRnet's own kNN uses the D0 statistics, which are
-its statistics. Logged metrics are layout-free too: `collapse_std_sdrnet` is the std over the
-global D0 batch; the per-path terms are computed on a path's whole batch, which lies on one device.
+shared running ones. Why not: on one device the per-path loop would apply one momentum update
+per path and view in sequence, across devices one averaged update, so the effective momentum
+would depend on the layout (up to 0.7 apart for one step of 8 paths); a layout-free average of
+the per-path statistics would be possible but buys nothing, since every sub-net's statistics are
+recalibrated on its task's images before it is evaluated (`route`, the evaluation protocol), and
+the SDRnet's own kNN uses the D0 statistics, which are its statistics. Logged metrics are
+layout-free too: `collapse_std_sdrnet` is the std over the global D0 batch; the per-path terms
+are computed on a path's whole batch, which lies on one device.
 """
 from __future__ import annotations
 
