@@ -2,6 +2,7 @@
 
   python launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=runs/pipeline
   python launch/pipeline.py --config=configs/pipeline_mosaic.py:tiny --workdir=/tmp/pipeline
+  python launch/pipeline.py --config=configs/pipeline_mosaic.py --config.method=byol ...
 
 One sub-config per stage, each the stage's own config file (override any field, e.g.
 --config.sdr.train.num_steps=600 or --config.route.bn=running); the pipeline wires the stages
@@ -31,6 +32,7 @@ def get_config(arg: str | None = None):
     variant = ":tiny" if arg == "tiny" else ""
     config = ml_collections.ConfigDict()
     config.data_dir = ""                   # '' = every stage's own (TFDS's default)
+    config.method = "simsiam"              # the SSL method of pre-training and SDR (e.g. byol)
     config.tasks = tuple(TASKS)            # routed and compared in the summary
     # The SDRnet starts from the SimSiam run's weights (sdr.init_from): stage 0 of progressive
     # training is SimSiam on the pool, so the SDR stage spends its steps on the sub-nets.

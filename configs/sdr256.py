@@ -6,8 +6,10 @@ the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fix
   python launch/train.py --config=configs/sdr256.py --workdir=gs://.../sdr256 \\
       --config.sdr.assignments=gs://.../cluster/assignments.npz
 
-`:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test).
+`:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test);
+`:method=byol` (or `:tiny,method=byol`) is SDR over BYOL instead of SimSiam.
 """
+from sdr_jax import methods
 from sdr_jax.config_base import make_tiny, sdr_config
 
 
@@ -21,8 +23,12 @@ def get_config(arg: str | None = None):
     config.train.knn_every = 5000
     config.sdr.paths_per_step = 8
     config.sdr.subnet_batch_size = 64
-    if arg == "tiny":
-        make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
+    for variant in filter(None, (arg or "").split(",")):
+        if variant == "tiny":
+            make_tiny(config)
+        elif variant.startswith("method="):  # SDR over another SSL method
+            methods.configure(config, variant.removeprefix("method="))
+        else:
+            raise ValueError(f"Unknown config variant {variant!r}: use ':tiny', "
+                             "':method=NAME', both (':tiny,method=byol') or nothing.")
     return config.lock()

@@ -18,7 +18,9 @@ from sdr_jax.data.augment import default_aug_config
 def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, stem: str,
                    proj_dim: int, pred_dim: int, split: str = "pool") -> ConfigDict:
     config = ConfigDict()
-    config.method = "simsiam"
+    config.kind = "pretrain"               # launch/train.py runs sdr_jax/train/<kind>.py
+    config.method = ConfigDict({"name": "simsiam"})  # sdr_jax/methods/<name>.py and its fields
+                                           # (another: sdr_jax.methods.configure(config, name))
     config.seed = 0
 
     config.data = ConfigDict()
@@ -33,6 +35,7 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
                                        pred_dim=pred_dim, sdr=dict(num_groups=0))
 
     config.optim = ConfigDict()
+    config.optim.optimizer = "sgd"         # 'sgd' (SimSiam) or 'lars' (BYOL's ImageNet recipe)
     config.optim.batch_size = 512          # global batch, split over all devices
     config.optim.base_lr = 0.05            # lr = base_lr * batch_size / 256, cosine decay
     config.optim.momentum = 0.9
@@ -67,7 +70,7 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
     """SimSiam's fields plus the SDRnet's groups and the progressive-training section."""
     config = simsiam_config(dataset=dataset, image_size=image_size, arch=arch, width=width,
                             stem=stem, proj_dim=proj_dim, pred_dim=pred_dim, split=split)
-    config.method = "sdr"
+    config.kind = "sdr"
     config.model = models.model_config(
         arch, width=width, stem=stem, proj_dim=proj_dim, pred_dim=pred_dim, kd_head=True,
         sdr=dict(num_groups=num_groups, stages=tuple(stages), shared_fraction=shared_fraction))

@@ -15,7 +15,7 @@ import pytest
 
 from configs import sdr_mosaic, simsiam_mosaic
 from sdr_jax.core.errors import CheckpointError, SDRError
-from sdr_jax.train import checkpoint, simsiam
+from sdr_jax.train import checkpoint, pretrain as simsiam
 
 
 def tiny_config(data_dir):

@@ -14,7 +14,7 @@ from sdr_jax.jobs.cluster import job
 from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.data import datasets
 from sdr_jax.core.errors import CheckpointError, ConfigError
-from sdr_jax.train import simsiam
+from sdr_jax.train import pretrain as simsiam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

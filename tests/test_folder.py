@@ -210,7 +210,7 @@ def test_cli_builds_table_and_grid_and_errors_in_one_line(image_folder, tmp_path
 def test_pool_trains_and_task_routes_and_evaluates_end_to_end(built, tmp_path):
     """A tiny SDRnet trained (SimSiam) on the folder pool with a kNN monitor on the folder task,
     then routed and evaluated on it by the launch scripts, by name only."""
-    from sdr_jax.train import simsiam
+    from sdr_jax.train import pretrain as simsiam
 
     data_dir, _ = built
     config = simsiam_mosaic.get_config('tiny').unlock()

@@ -3,12 +3,16 @@
   python launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=DIR
 
 Stages, each the existing library function, each in its own place under DIR:
-  simsiam   `train.simsiam.train_and_evaluate`  DIR/simsiam (the pre-training run, D0)
+  simsiam   `train.pretrain.train_and_evaluate` DIR/simsiam (the pre-training run, D0)
   cluster   `cluster.job.run`                   DIR/cluster (features, assignments.npz, clusters)
   sdr       `train.sdr.train_and_evaluate`      DIR/sdr (with DIR/cluster/assignments.npz)
   route     `route.route`, every task           DIR/sdr/route/<task>/ (ranking, histogram, sub-net)
   baseline  `eval.downstream.evaluate`          DIR/baseline/<task>.json (the SimSiam run, per task)
 then DIR/summary.txt and DIR/summary.json.
+
+The SSL method of pre-training and SDR is `config.method` (`--config.method=byol`: BYOL
+pre-training and SDR over BYOL; `sdr_jax.methods.configure` gives both stages the method's
+fields and recipe). The stage keeps its name `simsiam` whatever the method.
 
 Resume: a stage whose output is complete is skipped: the trainers and the cluster job leave a
 marker (`pipeline_stage.json`, with the stage's config) when they finish; a task's routing is
@@ -54,7 +58,7 @@ from typing import Any, Callable, Optional
 import jax
 from ml_collections import ConfigDict
 
-from sdr_jax import models
+from sdr_jax import methods, models
 
 from sdr_jax.jobs import route as route_lib
 from sdr_jax.jobs.cluster import job as cluster_job
@@ -62,7 +66,7 @@ from sdr_jax.config_base import load_config_file
 from sdr_jax.core.errors import CheckpointError, ConfigError, SDRError
 from sdr_jax.jobs import evaluate as evaluate_job
 from sdr_jax.eval import protocol
-from sdr_jax.train import simsiam as simsiam_trainer
+from sdr_jax.train import pretrain as pretrain_trainer
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import sdr as sdr_trainer
 
@@ -92,6 +96,9 @@ def stage_configs(config: ConfigDict, workdir: str) -> dict[str, ConfigDict]:
     """Every stage's config with the pipeline's wiring filled in (who reads whose output)."""
     dirs = stage_dirs(workdir)
     simsiam, cluster, sdr = (copy.deepcopy(config[k]) for k in ("simsiam", "cluster", "sdr"))
+    for stage in (simsiam, sdr):
+        if stage.method.name != config.method:
+            methods.configure(stage, config.method)
     if config.data_dir:
         simsiam.data.data_dir = sdr.data.data_dir = config.data_dir
     _wire(cluster, "pretrain_workdir", os.path.abspath(dirs["simsiam"]))
@@ -111,9 +118,10 @@ def _wire(config: ConfigDict, field: str, value: str) -> None:
 
 def check_config(config: ConfigDict) -> None:
     """What must agree across stages, checked before anything runs."""
-    if config.simsiam.method != "simsiam" or config.sdr.method != "sdr":
-        raise ConfigError("config.simsiam must be a SimSiam config and config.sdr an SDR config "
-                          f"(got methods {config.simsiam.method!r}, {config.sdr.method!r}).")
+    if config.simsiam.kind != "pretrain" or config.sdr.kind != "sdr":
+        raise ConfigError("config.simsiam must be a pre-training config and config.sdr an SDR "
+                          f"config (got kinds {config.simsiam.kind!r}, {config.sdr.kind!r}).")
+    methods.method_class(config.method)  # a ConfigError naming the known methods
     for field in _MODEL_SIZE_FIELDS:
         a, b = config.simsiam.model[field], config.sdr.model[field]
         if a != b:
@@ -152,7 +160,7 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
     lead = jax.process_index() == 0
     timings = _Timings(os.path.join(workdir, TIMINGS), write=lead)
     stages: dict[str, Callable[[], bool]] = {
-        "simsiam": lambda: _train("simsiam", simsiam_trainer.train_and_evaluate,
+        "simsiam": lambda: _train("simsiam", pretrain_trainer.train_and_evaluate,
                                   configs["simsiam"], workdir, dirs["simsiam"], lead),
         "cluster": lambda: _cluster(configs["cluster"], workdir, dirs["cluster"], lead),
         "sdr": lambda: _train("sdr", sdr_trainer.train_and_evaluate, configs["sdr"], workdir,
@@ -174,7 +182,8 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
             return {"finished": False, "stopped_in": name, "seconds": timings.seconds}
     if until is not None and until != STAGES[-1]:
         return {"finished": True, "stopped_in": None, "seconds": timings.seconds}
-    summary = make_summary(configs["route"], dirs, config.tasks, timings.seconds)
+    summary = make_summary(configs["route"], dirs, config.tasks, timings.seconds,
+                           method=config.method)
     if lead:
         text = format_summary(summary)
         _write_atomic(os.path.join(workdir, SUMMARY_TXT), text + "\n")
@@ -259,7 +268,7 @@ REFERENCE = "simsiam"  # the column every other is marked against
 
 
 def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
-                 seconds: dict[str, float]) -> dict[str, Any]:
+                 seconds: dict[str, float], method: str = "simsiam") -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     pictures = {"clusters": os.path.join(dirs["cluster"], cluster_job.CLUSTERS_PNG)}
     for task in task_names:
@@ -289,15 +298,17 @@ def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
             for kind, columns in (("knn", KNN_COLUMNS), ("linear", LINEAR_COLUMNS))} \
         if tasks else {}
     return {"tasks": tasks, "mean": mean, "protocol": protocol.describe(route_config),
-            "seconds": dict(seconds), "pictures": pictures}
+            "seconds": dict(seconds), "pictures": pictures, "method": method}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     tasks, mean, p = summary["tasks"], summary["mean"], summary["protocol"]
     width = max(8, *(len(t) for t in tasks))
     cell = 20
+    base = methods.method_class(summary.get("method", "simsiam")).title  # the pre-training column
 
     def table(kind: str, columns) -> list[str]:
+        columns = [(key, base if key == REFERENCE else header) for key, header in columns]
         lines = [f"{'task':<{width}}  " + "  ".join(f"{h:>{cell}}" for _, h in columns),
                  f"{'-' * width}  " + "  ".join("-" * cell for _ in columns)]
         rows = [(name, row[kind]) for name, row in tasks.items()]
@@ -322,7 +333,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{route_lib.format_composition(row['composition'])}")
     sizes = "; ".join(f"{name} {row['num_validation']}/{row['num_memory']}/{row['num_test']}"
                       for name, row in tasks.items())
-    lines += ["", protocol.NOISE_LEGEND + ".",
+    lines += ["", protocol.NOISE_LEGEND.replace("vs SimSiam", f"vs {base}") + ".",
               f"Protocol: k={p['knn_k']}, T={p['knn_temperature']}, bn={p['bn']}; train capped "
               f"at {p['max_train'] or 'all'} images, split by seed {p['split_seed']} into "
               f"validation ({p['val_fraction']:g}) and memory; queries: "

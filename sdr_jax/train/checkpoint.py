@@ -124,6 +124,11 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
             f"workdir {workdir} holds a run with another 'model' config "
             f"({_first_difference(recorded.get('model'), current.get('model'))}); "
             f"use a new --workdir or the config that made it.")
+    methods = [m.get("name") if isinstance(m, dict) else m  # a name before methods had fields
+               for m in (recorded.get("method"), current.get("method"))]
+    if methods[0] != methods[1] and resumes:  # another method state: it would not fit either
+        raise CheckpointError(f"workdir {workdir} holds a run of method {methods[0]!r}, not "
+                              f"{methods[1]!r}; use a new --workdir or the config that made it.")
     changes = changed_fields(recorded, current)
     if not changes:
         return

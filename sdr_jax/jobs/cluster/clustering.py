@@ -8,9 +8,9 @@ mini-batches. After training a level, the hard assignment argmax S gives each ex
 child, node id parent * G + child, which is the parent of the next level. Levels train one
 after another; after level L-1 the node id is the leaf id == the SDR path index.
 
-Every step is one jitted `shard_map` over a 1-D data mesh (the batch is split over its
-devices, the Sinkhorn column sums and the gradient are reduced across them), so the same
-code clusters on one CPU or on a pod.
+Every step is the training step skeleton (`train/step.py`): one jitted `shard_map` over a 1-D
+data mesh (the batch is split over its devices, the Sinkhorn column sums and the gradient are
+reduced across them), so the same code clusters on one CPU or on a pod.
 """
 import dataclasses
 import logging
@@ -28,12 +28,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sdr_jax.data.assignments import Assignments
+from sdr_jax.eval.knn import l2_normalize as _normalize
 from sdr_jax.jobs.cluster.store import FeatureStore
 from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
+from sdr_jax.train import step as step_lib
+from sdr_jax.train.state import TrainState
 
 
 # Examples per tree node that the k-means++ seeding looks at (bounds its reads).
 _SEED_CANDIDATES = 2048
+_METRICS = step_lib.metrics_collection()
 
 
 class EmptyClusterError(SDRError, ValueError):
@@ -163,9 +167,9 @@ def _train_level(params: np.ndarray, read, nodes: np.ndarray, cfg: ClusterConfig
     steps_per_epoch = len(nodes) // cfg.batch_size  # The remainder is reshuffled in next epoch.
     schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.epochs * steps_per_epoch)
     optimizer = optax.sgd(schedule, momentum=cfg.momentum)
-    replicated = NamedSharding(mesh, P())
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(optimizer.init(params), replicated)
+    state = jax.device_put(
+        TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                   opt_state=optimizer.init(params), method_state={}), NamedSharding(mesh, P()))
     step = _make_train_step(optimizer, cfg, mesh, params.shape[0])
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(nodes))
@@ -173,33 +177,27 @@ def _train_level(params: np.ndarray, read, nodes: np.ndarray, cfg: ClusterConfig
             # Sorted rows read faster from a memory-mapped store; the batch stays random.
             rows = np.sort(order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size])
             feats, parents = _shard_batch(mesh, read(rows), nodes[rows])
-            params, opt_state, loss = step(params, opt_state, feats, parents)
-        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch, float(loss))
-    return params
+            state, metrics = step(state, {"feats": feats, "parents": parents})
+        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch,
+                     float(metrics.compute()["loss"]))
+    return state.params
 
 
 def _make_train_step(optimizer: optax.GradientTransformation, cfg: ClusterConfig,
                      mesh: jax.sharding.Mesh, num_nodes: int):
     axes = mesh.axis_names
 
-    def loss_fn(params, feats, parents):
+    def loss_fn(params, state, batch):
+        feats, parents = batch["feats"], batch["parents"]
         scores = _scores(params, feats, parents)
         targets = sinkhorn(jax.lax.stop_gradient(scores), cfg.epsilon, cfg.sinkhorn_iters,
                            axis_name=axes, segment_ids=parents, num_segments=num_nodes)
         cross_entropy = -jnp.sum(targets * jax.nn.log_softmax(scores / cfg.tau), axis=-1)
-        return jnp.sum(cross_entropy) / cfg.batch_size  # This shard's part of the global mean.
+        return jnp.mean(cross_entropy), (state.batch_stats, state.method_state, {})
 
-    def step(params, opt_state, feats, parents):
-        # With shard_map's check_vma the gradient w.r.t. the replicated params comes back
-        # already summed over the mesh: it is the global-batch gradient, no pmean needed.
-        loss, grads = jax.value_and_grad(loss_fn)(params, feats, parents)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = _normalize(optax.apply_updates(params, updates))
-        return params, opt_state, jax.lax.psum(loss, axes)
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(axes), P(axes)),
-                            out_specs=(P(), P(), P()))
-    return jax.jit(sharded, donate_argnums=(0, 1))
+    # The centroids stay on the unit sphere after every update.
+    return step_lib.make_step(loss_fn, optimizer, mesh, metrics=_METRICS,
+                              after_update=lambda s: s.replace(params=_normalize(s.params)))
 
 
 def _hard_assign(params: jax.Array, read, nodes: np.ndarray, cfg: ClusterConfig,
@@ -227,10 +225,6 @@ def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.A
     all_scores = _normalize(feats) @ _normalize(centroids).reshape(-1, dim).T
     all_scores = all_scores.reshape(-1, num_nodes, num_groups)
     return jnp.take_along_axis(all_scores, parents[:, None, None], axis=1)[:, 0]
-
-
-def _normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _shard_batch(mesh: jax.sharding.Mesh, feats: np.ndarray, parents: np.ndarray):
