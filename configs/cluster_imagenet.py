@@ -1,7 +1,7 @@
 """Clustering ImageNet into the 256 leaves of configs/sdr256.py (G=4, L=4), for SDR256.
 
-  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster \
-      --config.pretrain_workdir=gs://.../simsiam
+  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=runs/imagenet/cluster \
+      --config.pretrain_workdir=runs/imagenet/simsiam
 `:tiny` clusters a tiny run for sdr256:tiny (256 leaves): give it at least ~10k examples
 (e.g. --config.data.dataset=mosaic); the 1.5k of mosaic/small leave some leaves empty.
 """

@@ -2,9 +2,9 @@
 the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fixed predictor lr),
 8 paths per step (one per device of an 8-accelerator host; more on pods), SiamKD λ=1.
 
-  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster
-  python launch/train.py --config=configs/sdr256.py --workdir=gs://.../sdr256 \\
-      --config.sdr.assignments=gs://.../cluster/assignments.npz
+  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=runs/imagenet/cluster
+  python launch/train.py --config=configs/sdr256.py --workdir=runs/imagenet/sdr256 \\
+      --config.sdr.assignments=runs/imagenet/cluster/assignments.npz
 
 `:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test).
 """

@@ -2,7 +2,7 @@
 lr 0.05 * bs/256 cosine, wd 1e-4, momentum 0.9, fixed predictor lr, 100 epochs, MoCo-v2
 augmentations with blur. Needs `imagenet2012` prepared for TFDS (ArrayRecord) in data_dir.
 
-  python launch/train.py --config=configs/simsiam_imagenet.py --workdir=gs://.../simsiam
+  python launch/train.py --config=configs/simsiam_imagenet.py --workdir=runs/imagenet/simsiam
 """
 from sdr_jax.config_base import make_tiny, simsiam_config
 

@@ -1,7 +1,7 @@
 """Pre-training entry point: SimSiam (`method='simsiam'`) or SDR (`method='sdr'`).
 
   python launch/train.py --config=configs/simsiam_mosaic.py --workdir=runs/simsiam
-  python launch/train.py --config=configs/sdr256.py --workdir=gs://bucket/sdr256
+  python launch/train.py --config=configs/sdr256.py --workdir=runs/imagenet/sdr256
 
 Multi-host (TPU pods, multi-node GPU): every process runs this same command; pass
 --distributed (JAX finds the coordinator on TPU/SLURM/Kubernetes) or the explicit

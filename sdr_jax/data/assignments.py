@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sdr_jax.core import io
 from sdr_jax.core.errors import SDRError
 
 from sdr_jax.core.paths import PathSpec
@@ -108,14 +109,7 @@ class Assignments:
                   "leaves": self.leaves, "paths": self.paths}
         arrays.update({f"sizes_depth{s}": self.sizes(s) for s in range(1, self.num_blocks + 1)})
         arrays.update({f"centroids_level{l}": c for l, c in enumerate(self.centroids)})
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        io.write_npz(path, arrays)
 
     def _check_depth(self, depth: int) -> None:
         if not 0 <= depth <= self.num_blocks:

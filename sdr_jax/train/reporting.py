@@ -13,6 +13,8 @@ from typing import Mapping
 
 from etils import epath
 
+from sdr_jax.core import io
+
 
 class MetricWriter:
     """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tb`."""
@@ -143,6 +145,6 @@ def plot_metrics(workdir: str, out: str, prefixes: tuple[str, ...] = ("loss", "c
         ax.set_title(prefix)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    io.write_figure(out, fig, dpi=100)
     plt.close(fig)
     return keys

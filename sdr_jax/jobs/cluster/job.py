@@ -17,7 +17,6 @@ job resumes); an output made from other inputs is an error, never silently repla
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import time
@@ -36,6 +35,7 @@ from sdr_jax.jobs.cluster import clustering, summary
 from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.config_base import load_config_file
 from sdr_jax.data import datasets, mosaic
+from sdr_jax.core import io
 from sdr_jax.core.errors import ConfigError, SDRError
 from sdr_jax.eval import features as features_lib
 from sdr_jax.core.paths import PathSpec
@@ -99,7 +99,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     examples = read_examples(source)
     origin = {"checkpoint": os.path.abspath(config.pretrain_workdir), "step": int(step),
               "dataset": data["dataset"], "split": data["split"]}
-    os.makedirs(workdir, exist_ok=True)
+    io.makedirs(workdir)
     lead = jax.process_index() == 0
     timings, skipped = {}, {}
 
@@ -133,12 +133,11 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
         figure = cluster_grid(assignments, examples, source,
                               images_per_cluster=config.report.images_per_cluster,
                               seed=config.report.seed, image_size=run_config.data.image_size)
-        _write_atomic(os.path.join(workdir, CLUSTERS_PNG), figure)
+        io.write_image(os.path.join(workdir, CLUSTERS_PNG), figure)
         result["seconds"]["report"] = time.perf_counter() - start
         text = format_summary(result)
-        _write_atomic(os.path.join(workdir, SUMMARY_TXT), text.encode())
-        _write_atomic(os.path.join(workdir, SUMMARY_JSON),
-                      json.dumps(result, indent=1).encode())
+        io.write_text(os.path.join(workdir, SUMMARY_TXT), text)
+        io.write_json(os.path.join(workdir, SUMMARY_JSON), result)
         print(text, flush=True)
     return result
 
@@ -325,9 +324,7 @@ def cluster_grid(assignments: assignments_lib.Assignments, examples: Examples, s
             ha="right", va="center", fontsize=8)
     figure.subplots_adjust(left=2.4 / (cols + 2.6), right=0.99, top=0.98, bottom=0.02,
                            wspace=0.05, hspace=0.1)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=max(60, 2 * image_size))
-    return buffer.getvalue()
+    return io.figure_png(figure, dpi=max(60, 2 * image_size))
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -344,17 +341,6 @@ def _check_same(recorded: dict[str, Any], wanted: dict[str, Any], what: str, *,
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _say(lead: bool, message: str) -> None:

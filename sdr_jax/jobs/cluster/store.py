@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sdr_jax.core import io
 from sdr_jax.core.errors import SDRError
 
 FORMAT_VERSION = 1
@@ -107,8 +108,7 @@ class FeatureWriter:
                                     "example must be written once.")
         index = {"format_version": FORMAT_VERSION, "dim": self._dim, "dtype": np.dtype(_DTYPE).name,
                  "count": int(len(all_ids)), "shards": self._shards, "metadata": self._metadata}
-        with open(os.path.join(self._tmp, INDEX_FILE), "w") as f:
-            json.dump(index, f, indent=1)
+        io.write_json(os.path.join(self._tmp, INDEX_FILE), index)
         if self._overwrite and os.path.exists(self._final):
             shutil.rmtree(self._final)
         os.rename(self._tmp, self._final)
@@ -157,8 +157,7 @@ class FeatureStore:
         if not os.path.isfile(index_path):
             raise FeatureStoreError(f"feature store {self.directory} has no {INDEX_FILE}; it is "
                                     "incomplete or not a feature store.")
-        with open(index_path) as f:
-            index = json.load(f)
+        index = io.read_json(index_path)
         if index.get("format_version") != FORMAT_VERSION:
             raise FeatureStoreError(f"feature store {self.directory} has format version "
                                     f"{index.get('format_version')}; this code reads "
