@@ -5,13 +5,11 @@
 `:tiny` clusters a tiny run for sdr256:tiny (256 leaves): give it at least ~10k examples
 (e.g. --config.data.dataset=mosaic); the 1.5k of mosaic/small leave some leaves empty.
 """
-from sdr_jax.config_base import cluster_config
+from sdr_jax.config_base import check_variant, cluster_config
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    tiny = arg == "tiny"
+    tiny = check_variant(arg) == "tiny"
     config = cluster_config(
         sdr_config="configs/sdr256.py:tiny" if tiny else "configs/sdr256.py",
         extract_batch_size=64 if tiny else 1024, images_per_cluster=6 if tiny else 12)

@@ -8,7 +8,7 @@ the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fix
 
 `:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test).
 """
-from sdr_jax.config_base import make_tiny, sdr_config
+from sdr_jax.config_base import check_variant, make_tiny, sdr_config
 
 
 def get_config(arg: str | None = None):
@@ -21,8 +21,6 @@ def get_config(arg: str | None = None):
     config.train.knn_every = 5000
     config.sdr.paths_per_step = 8
     config.sdr.subnet_batch_size = 64
-    if arg == "tiny":
+    if check_variant(arg) == "tiny":
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

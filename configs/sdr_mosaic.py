@@ -6,7 +6,8 @@
 
 `:tiny` is a seconds-long smoke test on `mosaic/small`.
 """
-from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, make_tiny, use_mosaic_recipe, sdr_config
+from sdr_jax.config_base import (MOSAIC_IMAGE_SIZE, check_variant, make_tiny, use_mosaic_recipe,
+                                 sdr_config)
 
 
 def get_config(arg: str | None = None):
@@ -16,8 +17,6 @@ def get_config(arg: str | None = None):
     use_mosaic_recipe(config)
     config.sdr.paths_per_step = 4
     config.sdr.subnet_batch_size = 32
-    if arg == "tiny":
+    if check_variant(arg) == "tiny":
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

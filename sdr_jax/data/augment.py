@@ -12,32 +12,12 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageFilter
 
-# Images at least this large get MoCo-v2's blur; small images get none (DESIGN.md §2.1).
-_BLUR_MIN_IMAGE_SIZE = 96  # (our choice) between CIFAR-size (32) and STL-size (96+)
+from sdr_jax.config_base import default_aug_config  # noqa: F401  (the recipe's fields)
 
 _INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-
-
-def default_aug_config(image_size: int = 32) -> ml_collections.ConfigDict:
-    """The MoCo-v2 / SimSiam recipe for `image_size` x `image_size` outputs."""
-    return ml_collections.ConfigDict({
-        "image_size": image_size,
-        "crop_scale": (0.2, 1.0),
-        "crop_ratio": (3 / 4, 4 / 3),
-        "interpolation": "bilinear",
-        "flip_prob": 0.5,
-        "jitter_prob": 0.8,
-        "brightness": 0.4,
-        "contrast": 0.4,
-        "saturation": 0.4,
-        "hue": 0.1,
-        "grayscale_prob": 0.2,
-        "blur_prob": 0.5 if image_size >= _BLUR_MIN_IMAGE_SIZE else 0.0,
-        "blur_sigma": (0.1, 2.0),
-    }).lock()
 
 
 def validate_aug_config(cfg: ml_collections.ConfigDict) -> None:

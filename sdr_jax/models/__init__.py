@@ -5,9 +5,10 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
+from sdr_jax import config_base
 from sdr_jax.core import paths
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.models import resnet
 from sdr_jax.models.simsiam import SimSiam
 
@@ -23,44 +24,11 @@ DTYPES = ("float32", "bfloat16")
 
 
 def model_config(arch: str = "resnet18", **overrides: Any) -> ml_collections.ConfigDict:
-    """Locked model ConfigDict; `overrides` may be nested dicts (e.g. sdr=dict(num_groups=2)).
-
-    Fields: arch, width, stem ('imagenet'|'small'), dtype, proj_dim, proj_layers,
-    pred_dim, bn_momentum, sdr: {num_groups (0 = plain SimSiam), shared_fraction,
-    stages, num_paths (optional: error if more than G**L)}.
-    """
+    """`sdr_jax.config_base.model_config` (the fields) with the arch's own default width."""
     if arch not in ARCHS:
-        raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(ARCHS)}.")
-    cfg = ml_collections.ConfigDict({
-        "arch": arch,
-        "width": ARCHS[arch].keywords.get("width", 1.0),
-        "stem": "imagenet",
-        "dtype": "float32",
-        "proj_dim": 2048,
-        "proj_layers": 3,
-        "pred_dim": 512,
-        "bn_momentum": 0.9,
-        "kd_head": False,
-        "sdr": {
-            "num_groups": 4,
-            "shared_fraction": 0.5,
-            "stages": (0, 1, 2, 3),
-            "num_paths": config_dict.placeholder(int),
-        },
-    })
-    _merge(cfg, overrides, "model")
-    cfg.lock()
-    return cfg
-
-
-def _merge(cfg: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ValueError(f"Unknown field {where}.{key}; known: {sorted(cfg.keys())}.")
-        if isinstance(cfg[key], ml_collections.ConfigDict):
-            _merge(cfg[key], dict(value), f"{where}.{key}")
-        else:
-            cfg[key] = value
+        raise ConfigError(f"Unknown arch {arch!r}; choose one of {sorted(ARCHS)}.")
+    overrides.setdefault("width", ARCHS[arch].keywords.get("width", 1.0))
+    return config_base.model_config(arch, **overrides)
 
 
 def path_spec(model_cfg: Any) -> paths.PathSpec:

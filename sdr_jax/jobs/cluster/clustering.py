@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sdr_jax.core.errors import SDRError
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sdr_jax.config_base import ClusterConfig
+from sdr_jax.core.errors import SDRError
 from sdr_jax.data.assignments import Assignments
 from sdr_jax.jobs.cluster.store import FeatureStore
 from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
@@ -38,46 +39,6 @@ _SEED_CANDIDATES = 2048
 
 class EmptyClusterError(SDRError, ValueError):
     """A tree node ended up with too few examples for its sub-tree."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterConfig:
-    """Every knob of the clustering job."""
-
-    epsilon: float = 0.05      # Sinkhorn entropic regularisation.
-    sinkhorn_iters: int = 3    # SwAV uses 3; more makes each batch closer to exactly balanced.
-    tau: float = 0.1           # Temperature of softmax(S / tau).
-    learning_rate: float = 0.5  # Peak SGD learning rate (cosine-decayed over each level).
-    momentum: float = 0.9
-    epochs: int = 5            # Passes over the data per tree level.
-    batch_size: int = 4096     # Global batch; split over the mesh's devices.
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("epsilon", "tau", "learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ClusterConfig.{name} must be > 0; got {getattr(self, name)}.")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"ClusterConfig.momentum must lie in [0, 1); got {self.momentum}.")
-        for name in ("sinkhorn_iters", "epochs", "batch_size"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"ClusterConfig.{name} must be an int >= 1; got "
-                                 f"{getattr(self, name)!r}.")
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> "ClusterConfig":
-        """From a dict or ConfigDict; unknown keys are an error (no silently ignored typos)."""
-        values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown clustering config keys {sorted(unknown)}; valid keys: "
-                             f"{[f.name for f in dataclasses.fields(cls)]}.")
-        return cls(**values)
-
-
-def get_config() -> ml_collections.ConfigDict:
-    """The defaults as a ConfigDict, for `configs/*.py` and command-line overrides."""
-    return ml_collections.ConfigDict(dataclasses.asdict(ClusterConfig()))
 
 
 Features = np.ndarray | FeatureStore
