@@ -147,8 +147,7 @@ def load(path: str | os.PathLike, *, num_groups: int | None = None,
     if not os.path.isfile(path):
         raise AssignmentsError(f"no assignments file at {path}; run the clustering job first.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = dict(data)
+        arrays = io.read_npz(path)
         metadata = json.loads(str(arrays.pop("metadata")))
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # A truncated, empty or overwritten file: what numpy's zip reader raises for each.

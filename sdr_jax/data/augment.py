@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from sdr_jax.config_base import default_aug_config  # noqa: F401  (the recipe's fields)
+from sdr_jax.core.errors import ConfigError
 
 _INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -23,27 +24,27 @@ _INTERPOLATIONS = {
 def validate_aug_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field of an augmentation config."""
     if int(cfg.image_size) < 1:
-        raise ValueError(f"aug image_size must be >= 1, got {cfg.image_size}.")
+        raise ConfigError(f"aug image_size must be >= 1, got {cfg.image_size}.")
     lo, hi = cfg.crop_scale
     if not 0 < lo <= hi <= 1:
-        raise ValueError(f"aug crop_scale must satisfy 0 < lo <= hi <= 1, got {cfg.crop_scale}.")
+        raise ConfigError(f"aug crop_scale must satisfy 0 < lo <= hi <= 1, got {cfg.crop_scale}.")
     lo, hi = cfg.crop_ratio
     if not 0 < lo <= hi:
-        raise ValueError(f"aug crop_ratio must satisfy 0 < lo <= hi, got {cfg.crop_ratio}.")
+        raise ConfigError(f"aug crop_ratio must satisfy 0 < lo <= hi, got {cfg.crop_ratio}.")
     if cfg.interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"aug interpolation must be one of {sorted(_INTERPOLATIONS)}, "
-                         f"got {cfg.interpolation!r}.")
+        raise ConfigError(f"aug interpolation must be one of {sorted(_INTERPOLATIONS)}, "
+                          f"got {cfg.interpolation!r}.")
     for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
         if not 0 <= cfg[name] <= 1:
-            raise ValueError(f"aug {name} must be a probability in [0, 1], got {cfg[name]}.")
+            raise ConfigError(f"aug {name} must be a probability in [0, 1], got {cfg[name]}.")
     for name in ("brightness", "contrast", "saturation"):
         if cfg[name] < 0:
-            raise ValueError(f"aug {name} must be >= 0, got {cfg[name]}.")
+            raise ConfigError(f"aug {name} must be >= 0, got {cfg[name]}.")
     if not 0 <= cfg.hue <= 0.5:
-        raise ValueError(f"aug hue must be in [0, 0.5], got {cfg.hue}.")
+        raise ConfigError(f"aug hue must be in [0, 0.5], got {cfg.hue}.")
     lo, hi = cfg.blur_sigma
     if not 0 < lo <= hi:
-        raise ValueError(f"aug blur_sigma must satisfy 0 < lo <= hi, got {cfg.blur_sigma}.")
+        raise ConfigError(f"aug blur_sigma must satisfy 0 < lo <= hi, got {cfg.blur_sigma}.")
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -4,12 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_EPS = 1e-12
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS))
+from sdr_jax.core.numerics import l2_normalize
 
 
 def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
@@ -17,7 +12,7 @@ def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
     if p.shape != z.shape:
         raise ValueError(f"negative_cosine needs p and z of the same shape, got {p.shape} and {z.shape}.")
     z = jax.lax.stop_gradient(z)
-    return -jnp.mean(jnp.sum(_l2_normalize(p) * _l2_normalize(z), axis=-1))
+    return -jnp.mean(jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1))
 
 
 def simsiam_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax.Array:
@@ -46,7 +41,7 @@ def collapse_std(z: jax.Array, axis_name: str | None = None) -> jax.Array:
     batch: the mean of per-device stds would depend on the device count (a std over 2 rows
     is not a std over 16), so the monitor would too.
     """
-    x = _l2_normalize(z)
+    x = l2_normalize(z)
     if axis_name is None:
         return jnp.mean(jnp.std(x, axis=0))
     # Two passes (mean, then squared deviations) as jnp.std does: no cancellation.

@@ -51,20 +51,20 @@ def build_model(model_cfg: Any, *, bn_axis_name: Optional[str] = None, sync_bn: 
     `sync_bn` the batch statistics are pooled over it (SyncBN).
     """
     if model_cfg.arch not in ARCHS:
-        raise ValueError(f"Unknown arch {model_cfg.arch!r}; choose one of {sorted(ARCHS)}.")
+        raise ConfigError(f"Unknown arch {model_cfg.arch!r}; choose one of {sorted(ARCHS)}.")
     if model_cfg.stem not in ("imagenet", "small"):
-        raise ValueError(f"model.stem must be 'imagenet' or 'small', got {model_cfg.stem!r}.")
+        raise ConfigError(f"model.stem must be 'imagenet' or 'small', got {model_cfg.stem!r}.")
     if model_cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {DTYPES}, got {model_cfg.dtype!r}.")
+        raise ConfigError(f"model.dtype must be one of {DTYPES}, got {model_cfg.dtype!r}.")
     if model_cfg.proj_layers < 1:
-        raise ValueError(f"model.proj_layers must be >= 1, got {model_cfg.proj_layers}.")
+        raise ConfigError(f"model.proj_layers must be >= 1, got {model_cfg.proj_layers}.")
     stage_sizes = ARCHS[model_cfg.arch].keywords["stage_sizes"]
     block_cls = ARCHS[model_cfg.arch].keywords["block_cls"]
     layout = sdr_layout(model_cfg)
     spec = path_spec(model_cfg)
     wanted = model_cfg.sdr.num_paths
     if wanted is not None and not 1 <= wanted <= spec.num_paths:
-        raise ValueError(
+        raise ConfigError(
             f"model.sdr.num_paths={wanted} but {spec.num_groups} groups x {spec.num_blocks} SDR "
             f"blocks give {spec.num_paths} paths; raise num_groups/stages or lower num_paths.")
     filters = resnet.stage_filters(stage_sizes, model_cfg.width)

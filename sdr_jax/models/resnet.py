@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdr_jax.core import paths
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.models.batchnorm import MaskedBatchNorm
 
 ModuleDef = Any
@@ -113,12 +114,12 @@ def stage_filters(stage_sizes: Sequence[int], width: float,
     """Block width ('filters') of every stage: 64*width*2**s unless given explicitly."""
     if stage_widths is not None:
         if len(stage_widths) != len(stage_sizes):
-            raise ValueError(f"stage_widths {tuple(stage_widths)} must give one width per stage "
-                             f"({len(stage_sizes)} stages).")
+            raise ConfigError(f"stage_widths {tuple(stage_widths)} must give one width per stage "
+                              f"({len(stage_sizes)} stages).")
         return tuple(int(w) for w in stage_widths)
     base = 64 * width
     if base != int(base) or base < 1:
-        raise ValueError(f"width={width} gives {base} base channels; 64*width must be a positive integer.")
+        raise ConfigError(f"width={width} gives {base} base channels; 64*width must be a positive integer.")
     return tuple(int(base) * 2**s for s in range(len(stage_sizes)))
 
 
@@ -128,8 +129,8 @@ def stage_layouts(filters: Sequence[int], expansion: int, sdr: Optional[paths.SD
     Raises ValueError naming the stage and widths if the groups do not divide.
     """
     if sdr is not None and sdr.stages[-1] >= len(filters):
-        raise ValueError(f"SDR stages {sdr.stages} name a stage the network does not have "
-                         f"({len(filters)} stages).")
+        raise ConfigError(f"SDR stages {sdr.stages} name a stage the network does not have "
+                          f"({len(filters)} stages).")
     layouts = []
     for s, f in enumerate(filters):
         if sdr is None or sdr.block_of(s) is None:

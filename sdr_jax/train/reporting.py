@@ -66,15 +66,9 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
     """All logged rows of a workdir's metrics.jsonl (later rows win on restarts)."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
     rows = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the half-written last row of a killed run (the writer starts a new line)
+    # io.read_jsonl skips the half-written last row of a killed run (the writer starts a new line)
+    for row in io.read_jsonl(epath.Path(workdir) / "metrics.jsonl"):
         rows.setdefault(row["step"], {}).update(row)
     return [rows[s] for s in sorted(rows)]
 

@@ -27,7 +27,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sdr_jax.config_base import ClusterConfig
-from sdr_jax.core.errors import SDRError
+from sdr_jax.core.errors import ConfigError, SDRError
+from sdr_jax.core.numerics import l2_normalize
 from sdr_jax.data.assignments import Assignments
 from sdr_jax.jobs.cluster.store import FeatureStore
 from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
@@ -65,15 +66,15 @@ def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks:
     num_examples, dim = _check_features(features)
     ids = _resolve_ids(features, ids, num_examples)
     if num_groups < 2 or num_blocks < 1:
-        raise ValueError(f"need num_groups >= 2 and num_blocks >= 1; got G={num_groups}, "
-                         f"L={num_blocks}.")
+        raise ConfigError(f"need num_groups >= 2 and num_blocks >= 1; got G={num_groups}, "
+                          f"L={num_blocks}.")
     mesh = mesh if mesh is not None else jax.make_mesh((jax.local_device_count(),), ("data",))
     if cfg.batch_size % mesh.size:
-        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.size} "
-                         "devices of the mesh.")
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.size} "
+                          "devices of the mesh.")
     if cfg.batch_size > num_examples:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {num_examples} examples; "
-                         "lower ClusterConfig.batch_size.")
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {num_examples} examples; "
+                          "lower ClusterConfig.batch_size.")
     read = features.read if isinstance(features, FeatureStore) else (
         lambda rows: np.asarray(features[rows], np.float32))
 
@@ -109,7 +110,7 @@ def _init_centroids(read: Callable[[np.ndarray], np.ndarray], nodes: np.ndarray,
         members = order[bounds[node]:bounds[node + 1]]
         candidates = np.sort(rng.choice(members, min(len(members), _SEED_CANDIDATES),
                                         replace=False))
-        unit = np.asarray(_normalize(read(candidates)))
+        unit = np.asarray(l2_normalize(read(candidates)))
         chosen = [unit[rng.integers(len(unit))]]
         for _ in range(num_groups - 1):
             distance = np.clip(1.0 - np.max(unit @ np.stack(chosen).T, axis=1), 0.0, None)
@@ -155,7 +156,7 @@ def _make_train_step(optimizer: optax.GradientTransformation, cfg: ClusterConfig
         # already summed over the mesh: it is the global-batch gradient, no pmean needed.
         loss, grads = jax.value_and_grad(loss_fn)(params, feats, parents)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = _normalize(optax.apply_updates(params, updates))
+        params = l2_normalize(optax.apply_updates(params, updates))
         return params, opt_state, jax.lax.psum(loss, axes)
 
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(axes), P(axes)),
@@ -185,13 +186,11 @@ def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.A
     num_nodes, num_groups, dim = centroids.shape
     # One matmul against all nodes' centroids, then a gather of the parent's G columns: a
     # (b, G, D) gather of centroids per example would cost far more memory than (b, nodes*G).
-    all_scores = _normalize(feats) @ _normalize(centroids).reshape(-1, dim).T
+    all_scores = l2_normalize(feats) @ l2_normalize(centroids).reshape(-1, dim).T
     all_scores = all_scores.reshape(-1, num_nodes, num_groups)
     return jnp.take_along_axis(all_scores, parents[:, None, None], axis=1)[:, 0]
 
 
-def _normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _shard_batch(mesh: jax.sharding.Mesh, feats: np.ndarray, parents: np.ndarray):

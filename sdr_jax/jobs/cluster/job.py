@@ -35,8 +35,10 @@ from sdr_jax.jobs.cluster import clustering, summary
 from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.config_base import load_config_file
 from sdr_jax.data import datasets, mosaic
+from sdr_jax.data.records import iter_records
 from sdr_jax.core import io
 from sdr_jax.core.errors import ConfigError, SDRError
+from sdr_jax.core.numerics import l2_normalize
 from sdr_jax.eval import features as features_lib
 from sdr_jax.core.paths import PathSpec
 from sdr_jax.train import checkpoint as checkpoint_lib
@@ -49,7 +51,6 @@ SUMMARY_TXT = "summary.txt"
 SUMMARY_JSON = "summary.json"
 # What the feature store holds; part of its provenance, so a change of recipe is noticed.
 FEATURE_KIND = "backbone feature, full path, L2-normalised"
-_READ_CHUNK = 4096
 
 
 class ClusterJobError(SDRError):
@@ -73,11 +74,11 @@ class Examples:
 def read_examples(source) -> Examples:
     """Reads id, label and (if present) domain of every record of `source`."""
     ids, labels, domains = [], [], []
-    for start in range(0, len(source), _READ_CHUNK):
-        records = source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source)))))
-        ids += [r["id"] for r in records]
-        labels += [r["label"] for r in records]
-        domains += [r["domain"] for r in records if "domain" in r]
+    for record in iter_records(source, 4096):
+        ids.append(record["id"])
+        labels.append(record["label"])
+        if "domain" in record:
+            domains.append(record["domain"])
     if domains and len(domains) != len(ids):
         raise ClusterJobError(f"{source!r}: only some records have a 'domain'.")
     return Examples(np.asarray(ids), np.asarray(labels, np.int64),
@@ -106,7 +107,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     start = time.perf_counter()
     metadata = {**origin, "feature": FEATURE_KIND, "image_size": int(run_config.data.image_size),
                 "model": run_config.model.to_dict()}
-    store, skipped["features"] = extract_features(
+    store, skipped["features"] = write_feature_store(
         os.path.join(workdir, FEATURES_DIR), run_config.model, variables, source,
         image_size=run_config.data.image_size, batch_size=config.extract.batch_size,
         metadata=metadata)
@@ -127,7 +128,7 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
                f"{timings['clustering']:.1f}s")
 
     start = time.perf_counter()
-    result = evaluate(assignments, examples, dataset_name=source.name)
+    result = score_clusters(assignments, examples, dataset_name=source.name)
     result.update(origin=origin, seconds=timings, skipped=skipped)
     if lead:
         figure = cluster_grid(assignments, examples, source,
@@ -144,9 +145,9 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
 # -- stage 1: features ----------------------------------------------------------------------
 
-def extract_features(directory: str, model_config: ConfigDict, variables: dict, source, *,
-                     image_size: int, batch_size: int, metadata: dict[str, Any]
-                     ) -> tuple[FeatureStore, bool]:
+def write_feature_store(directory: str, model_config: ConfigDict, variables: dict, source, *,
+                        image_size: int, batch_size: int, metadata: dict[str, Any]
+                        ) -> tuple[FeatureStore, bool]:
     """(store, reused): the features of every example of `source`, written unless a store
     with the same provenance is already there."""
     metadata = json.loads(json.dumps(metadata))  # As it reads back from the store's index.
@@ -162,8 +163,7 @@ def extract_features(directory: str, model_config: ConfigDict, variables: dict, 
     path = jnp.asarray(models.path_spec(model_config).full_path())
 
     def normalised_features(images):
-        feature = model.apply(variables, images, path, train=False)["feature"]
-        return feature / jnp.maximum(jnp.linalg.norm(feature, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(model.apply(variables, images, path, train=False)["feature"])
 
     lead = jax.process_index() == 0
     batches = features_lib.iter_features(
@@ -227,8 +227,8 @@ def reference_labels(examples: Examples, positions: np.ndarray) -> dict[str, np.
     return {"domain": domains, "domain+label": domains * (labels.max() + 1) + labels}
 
 
-def evaluate(assignments: assignments_lib.Assignments, examples: Examples, *,
-             dataset_name: str) -> dict[str, Any]:
+def score_clusters(assignments: assignments_lib.Assignments, examples: Examples, *,
+                   dataset_name: str) -> dict[str, Any]:
     """Sizes per depth, purity/NMI of the top level and the leaves, and the table of the
     top-level clusters against the coarsest reference (domain, or label)."""
     positions = examples.positions_of(assignments.ids)

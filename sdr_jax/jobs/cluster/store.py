@@ -101,7 +101,8 @@ class FeatureWriter:
             raise FeatureStoreError(f"no features were written to {self._final}.")
         if self._pending_rows:
             self._flush(self._pending_rows)
-        all_ids = np.concatenate([np.load(self._path(s["name"], "ids")) for s in self._shards])
+        all_ids = np.concatenate([io.read_npy(self._path(s["name"], "ids"))
+                                  for s in self._shards])
         if len(np.unique(all_ids)) != len(all_ids):
             self.abort()
             raise FeatureStoreError(f"duplicate example ids written to {self._final}; every "
@@ -132,8 +133,8 @@ class FeatureWriter:
         ids = np.concatenate(self._pending_ids)
         feats = np.concatenate(self._pending_feats)
         name = f"shard-{len(self._shards):05d}"
-        np.save(self._path(name, "ids"), ids[:rows])
-        np.save(self._path(name, "feats"), feats[:rows])
+        io.write_npy(self._path(name, "ids"), ids[:rows])
+        io.write_npy(self._path(name, "feats"), feats[:rows])
         self._shards.append({"name": name, "count": rows})
         self._pending_ids, self._pending_feats = [ids[rows:]], [feats[rows:]]
         self._pending_rows -= rows
@@ -188,13 +189,9 @@ class FeatureStore:
     def ids(self) -> np.ndarray:
         """All example ids in store order (small: one int or string per example)."""
         if self._ids_cache is None:
-            self._ids_cache = np.concatenate([np.load(self._file(n, "ids")) for n in self._names])
+            self._ids_cache = np.concatenate([io.read_npy(self._file(n, "ids"))
+                                              for n in self._names])
         return self._ids_cache
-
-    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (ids, feats) per shard; feats are memory-mapped, read on access."""
-        for name, feats in zip(self._names, self._feats):
-            yield np.load(self._file(name, "ids")), feats
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Feature rows at global `indices` (any order), read shard by shard."""
