@@ -45,6 +45,7 @@ def poison_params_at(monkeypatch, bad_step):
     monkeypatch.setattr(simsiam.SimSiamTrainer, "make_step_fn", make)
 
 
+@pytest.mark.slow
 def test_a_poisoned_state_never_reaches_disk_and_the_advised_rerun_resumes(
         small_mosaic_dir, tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
@@ -85,6 +86,7 @@ def final_params(workdir):
     return jax.tree.leaves(checkpoint.load_run(workdir)[1])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes_bit_exact(
         small_mosaic_dir, tmp_path, monkeypatch):
     config = tiny_config(small_mosaic_dir)  # checkpoints at 3 and 6: the signal comes at 4

@@ -136,6 +136,7 @@ def _run(script, *args):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_route_and_evaluate_cli_end_to_end(small_mosaic_dir, tmp_path):
     from sdr_jax.train import checkpoint
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from sdr_jax.data import augment as augment_lib
 from sdr_jax.core.errors import ConfigError
-from sdr_jax.data.sources import DataError
 
 
 class RandomAccessSource(Protocol):
@@ -87,7 +86,7 @@ def _shard_positions(source: RandomAccessSource, indices: Sequence[int] | np.nda
     _check_process(process_index, process_count)
     size = len(source)
     if size == 0:
-        raise DataError("the source is empty: build the dataset (or pick a split) that has data.")
+        raise ConfigError("the source is empty: build the dataset (or pick a split) that has data.")
     if indices is None:
         positions = np.arange(size, dtype=np.int64)
     else:
