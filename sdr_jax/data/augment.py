@@ -12,8 +12,11 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sdr_jax.config_base import default_aug_config  # noqa: F401  (the recipe's fields)
+from sdr_jax import config_base
 from sdr_jax.core.errors import ConfigError
+
+# The recipe's fields are config data (sdr_jax/config_base.py); its checks and ops live here.
+default_aug_config = config_base.default_aug_config
 
 _INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
