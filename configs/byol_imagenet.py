@@ -17,8 +17,7 @@ Where our code differs from the paper (our choices, on purpose or for now):
 
   python launch/train.py --config=configs/byol_imagenet.py --workdir=gs://.../byol
 """
-from sdr_jax import methods
-from sdr_jax.config_base import make_tiny, simsiam_config
+from sdr_jax.config_base import check_variant, make_tiny, simsiam_config, use_method
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -26,8 +25,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 def get_config(arg: str | None = None):
     config = simsiam_config(dataset="imagenet2012", split="train", image_size=224, arch="resnet50",
                             width=1.0, stem="imagenet", proj_dim=256, pred_dim=4096)
-    methods.configure(config, "byol")
-    config.method.base_momentum = 0.99
+    use_method(config, "byol", base_momentum=0.99)
     config.model.proj_layers = 2
     config.model.dtype = "bfloat16"
     config.optim.optimizer = "lars"
@@ -40,8 +38,6 @@ def get_config(arg: str | None = None):
     config.data.num_workers = 16
     config.train.num_epochs = 100
     config.train.knn_every = 5000
-    if arg == "tiny":
+    if check_variant(arg) == "tiny":
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

@@ -7,21 +7,18 @@ predictor included, on the one lr schedule.
   python launch/train.py --config=configs/byol_mosaic.py:tiny --workdir=/tmp/tiny
   python launch/pipeline.py --config=configs/pipeline_mosaic.py --config.method=byol ...
 """
-from sdr_jax import methods
-from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, make_tiny, simsiam_config, use_mosaic_recipe
+from sdr_jax.config_base import (MOSAIC_IMAGE_SIZE, check_variant, make_tiny, simsiam_config,
+                                 use_method, use_mosaic_recipe)
 
 
 def get_config(arg: str | None = None):
     config = simsiam_config(dataset="mosaic", image_size=MOSAIC_IMAGE_SIZE, arch="resnet18",
                             width=0.25, stem="small", proj_dim=512, pred_dim=128)
     use_mosaic_recipe(config)
-    methods.configure(config, "byol")
-    config.method.base_momentum = 0.99
+    use_method(config, "byol", base_momentum=0.99)
     # Augmentations: symmetric for now (`config.data.aug`, one config for both views). BYOL's
     # are asymmetric (view 1: blur p=1.0, no solarize; view 2: blur p=0.1, solarize p=0.2);
     # they go here as per-view aug configs once the input pipeline has them.
-    if arg == "tiny":
+    if check_variant(arg) == "tiny":
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

@@ -22,18 +22,15 @@ whole chain in about a minute on `mosaic/small` (two tasks).
 """
 import ml_collections
 
-from sdr_jax.config_base import load_config_file
-from sdr_jax.data.datasets import TASKS
+from sdr_jax.config_base import MOSAIC_TASKS, check_variant, load_config_file
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    variant = ":tiny" if arg == "tiny" else ""
+    variant = ":tiny" if check_variant(arg) == "tiny" else ""
     config = ml_collections.ConfigDict()
     config.data_dir = ""                   # '' = every stage's own (TFDS's default)
     config.method = "simsiam"              # the SSL method of pre-training and SDR (e.g. byol)
-    config.tasks = tuple(TASKS)            # routed and compared in the summary
+    config.tasks = MOSAIC_TASKS            # routed and compared in the summary
     # The SDRnet starts from the SimSiam run's weights (sdr.init_from): stage 0 of progressive
     # training is SimSiam on the pool, so the SDR stage spends its steps on the sub-nets.
     config.sdr_from_simsiam = True

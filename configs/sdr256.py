@@ -2,15 +2,14 @@
 the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fixed predictor lr),
 8 paths per step (one per device of an 8-accelerator host; more on pods), SiamKD λ=1.
 
-  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster
-  python launch/train.py --config=configs/sdr256.py --workdir=gs://.../sdr256 \\
-      --config.sdr.assignments=gs://.../cluster/assignments.npz
+  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=runs/imagenet/cluster
+  python launch/train.py --config=configs/sdr256.py --workdir=runs/imagenet/sdr256 \\
+      --config.sdr.assignments=runs/imagenet/cluster/assignments.npz
 
 `:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test);
 `:method=byol` (or `:tiny,method=byol`) is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax import methods
-from sdr_jax.config_base import make_tiny, sdr_config
+from sdr_jax.config_base import make_tiny, parse_variants, sdr_config, use_method
 
 
 def get_config(arg: str | None = None):
@@ -23,12 +22,9 @@ def get_config(arg: str | None = None):
     config.train.knn_every = 5000
     config.sdr.paths_per_step = 8
     config.sdr.subnet_batch_size = 64
-    for variant in filter(None, (arg or "").split(",")):
-        if variant == "tiny":
-            make_tiny(config)
-        elif variant.startswith("method="):  # SDR over another SSL method
-            methods.configure(config, variant.removeprefix("method="))
-        else:
-            raise ValueError(f"Unknown config variant {variant!r}: use ':tiny', "
-                             "':method=NAME', both (':tiny,method=byol') or nothing.")
+    variants = parse_variants(arg)
+    if "tiny" in variants:
+        make_tiny(config)
+    if "method" in variants:  # SDR over another SSL method
+        use_method(config, variants["method"])
     return config.lock()

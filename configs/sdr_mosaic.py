@@ -7,8 +7,8 @@
 `:tiny` is a seconds-long smoke test on `mosaic/small`; `:method=byol` (or `:tiny,method=byol`)
 is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax import methods
-from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, make_tiny, use_mosaic_recipe, sdr_config
+from sdr_jax.config_base import (MOSAIC_IMAGE_SIZE, make_tiny, parse_variants, sdr_config,
+                                 use_method, use_mosaic_recipe)
 
 
 def get_config(arg: str | None = None):
@@ -18,12 +18,9 @@ def get_config(arg: str | None = None):
     use_mosaic_recipe(config)
     config.sdr.paths_per_step = 4
     config.sdr.subnet_batch_size = 32
-    for variant in filter(None, (arg or "").split(",")):
-        if variant == "tiny":
-            make_tiny(config)
-        elif variant.startswith("method="):  # SDR over another SSL method
-            methods.configure(config, variant.removeprefix("method="))
-        else:
-            raise ValueError(f"Unknown config variant {variant!r}: use ':tiny', "
-                             "':method=NAME', both (':tiny,method=byol') or nothing.")
+    variants = parse_variants(arg)
+    if "tiny" in variants:
+        make_tiny(config)
+    if "method" in variants:  # SDR over another SSL method
+        use_method(config, variants["method"])
     return config.lock()

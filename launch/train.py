@@ -3,7 +3,7 @@ or progressive SDR training over a method (`kind='sdr'`).
 
   python launch/train.py --config=configs/simsiam_mosaic.py --workdir=runs/simsiam
   python launch/train.py --config=configs/byol_mosaic.py --workdir=runs/byol
-  python launch/train.py --config=configs/sdr256.py --workdir=gs://bucket/sdr256
+  python launch/train.py --config=configs/sdr256.py --workdir=runs/imagenet/sdr256
 
 Multi-host (TPU pods, multi-node GPU): every process runs this same command; pass
 --distributed (JAX finds the coordinator on TPU/SLURM/Kubernetes) or the explicit

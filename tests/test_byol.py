@@ -42,7 +42,7 @@ def test_ema_against_numpy():
     rng = np.random.default_rng(1)
     target = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": {"c": np.float32([1, 2])}}
     online = jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32), target)
-    method = byol.Method(methods.configure(byol_mosaic.get_config().unlock(), "byol").method, 100)
+    method = methods.build(byol_mosaic.get_config().method, 100)
     state = {"params": target, "batch_stats": {"x": np.float32([3.0])}}
     new = method.after_update(state, online, jnp.int32(25))
     tau = 1 - 0.01 * (np.cos(np.pi / 4) + 1) / 2
@@ -135,7 +135,7 @@ def test_sdr_over_byol_trains_at_tiny_with_one_compile_per_step_function(small_m
     ids = sdr_batches.record_ids(datasets.open_source("mosaic/small", "pool", small_mosaic_dir))
     assignments = str(tmp_path / "assignments.npz")
     make_assignments(ids).save(assignments)
-    config = methods.configure(sdr_mosaic.get_config("tiny").unlock(), "byol")
+    config = sdr_mosaic.get_config("tiny,method=byol").unlock()
     config.data.data_dir = small_mosaic_dir
     config.sdr.assignments = assignments
     config.train.num_steps = 10

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 
-from sdr_jax.jobs.cluster import clustering
 from sdr_jax.jobs.cluster.clustering import ClusterConfig, EmptyClusterError, fit
 from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.jobs.cluster.summary import nmi
@@ -135,6 +134,6 @@ def test_bad_inputs_are_rejected_clearly(tmp_path):
 
 
 def test_config_dict_round_trip():
-    config = clustering.get_config()
+    config = ClusterConfig().to_config()
     config.epochs = 7
     assert ClusterConfig.from_mapping(config) == ClusterConfig(epochs=7)

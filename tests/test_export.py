@@ -117,6 +117,7 @@ def test_recalibration_pools_batches_exactly():
         recalibrate_bn(model, variables, path, [])
 
 
+@pytest.mark.slow
 def test_inspect_cli_runs_on_the_tiny_config():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     out = subprocess.run([sys.executable, "launch/describe.py", "--config=configs/sdr256.py:tiny"],

@@ -12,6 +12,7 @@ from configs import simsiam_mosaic
 from sdr_jax.jobs import cli
 from sdr_jax.core.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import checkpoint, pretrain
+from tests import fixtures
 
 
 def tiny_config(data_dir, **sections):
@@ -45,6 +46,7 @@ def poison_params_at(monkeypatch, bad_step):
     monkeypatch.setattr(pretrain.PretrainTrainer, "make_step_fn", make)
 
 
+@pytest.mark.slow
 def test_a_poisoned_state_never_reaches_disk_and_the_advised_rerun_resumes(
         small_mosaic_dir, tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
@@ -85,11 +87,12 @@ def final_params(workdir):
     return jax.tree.leaves(checkpoint.load_run(workdir)[1])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resumes_bit_exact(
-        small_mosaic_dir, tmp_path, monkeypatch):
+        small_mosaic_dir, tiny_simsiam_run, tmp_path, monkeypatch):
     config = tiny_config(small_mosaic_dir)  # checkpoints at 3 and 6: the signal comes at 4
-    straight = str(tmp_path / "straight")
-    pretrain.train_and_evaluate(config, straight)
+    assert config == fixtures.tiny_simsiam_config(small_mosaic_dir)
+    straight = tiny_simsiam_run  # the same config, uninterrupted (read only)
 
     stopped = str(tmp_path / "stopped")
     with monkeypatch.context() as patch:

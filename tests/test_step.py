@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import pipeline_mosaic, simsiam_mosaic
-from sdr_jax import methods
+from sdr_jax import config_base, methods
 from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.core.errors import ConfigError
 from sdr_jax.train import optim
@@ -59,11 +59,12 @@ def test_methods_are_found_by_name_and_an_unknown_one_is_one_line():
         methods.method_class("nope")
     config = simsiam_mosaic.get_config("tiny")
     assert config.method.name == "simsiam" and config.optim.fix_pred_lr
-    byol_config = methods.configure(config.copy_and_resolve_references(), "byol")
-    assert byol_config.method.to_dict() == {"name": "byol", "base_momentum": 0.99}
-    assert not byol_config.optim.fix_pred_lr
-    bad = byol_config.unlock()
-    bad.method.name = "simsiam"
+    byol_config = config_base.use_method(config.copy_and_resolve_references(), "byol")
+    assert byol_config.method.to_dict() == {"name": "byol"}  # inert: defaults come at build
+    assert methods.build(byol_config.method, 10).config.to_dict() == {"name": "byol",
+                                                                      "base_momentum": 0.99}
+    assert methods.method_class("byol").predictors == ()  # fix_pred_lr keeps nothing fixed
+    bad = config_base.use_method(byol_config.unlock(), "simsiam", base_momentum=0.99)
     with pytest.raises(ConfigError,
                        match=r"method 'simsiam' has no field\(s\) \['base_momentum'\]"):
         methods.build(bad.method, 10)

@@ -127,6 +127,7 @@ def run_step(devices, config, state, batch):
     return jax.device_get(new_state), {k: float(v) for k, v in metrics.compute().items()}, step
 
 
+@pytest.mark.slow
 def test_eight_devices_with_different_paths_equal_one_device(small_mosaic_dir, assignments_file):
     config = tiny_config(small_mosaic_dir, assignments_file)
     model = models.build_model(config.model)
@@ -158,6 +159,7 @@ def losses(workdir):
     return {row["step"]: row for row in reporting.read_metrics(workdir)}
 
 
+@pytest.mark.slow
 def test_run_compiles_once_per_stage_kind_and_resumes_mid_stage(small_mosaic_dir,
                                                                  assignments_file, tmp_path):
     straight = str(tmp_path / "straight")
@@ -182,6 +184,7 @@ def test_run_compiles_once_per_stage_kind_and_resumes_mid_stage(small_mosaic_dir
             np.testing.assert_allclose(got[step][key], want[step][key], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiles_at_most_once_per_step_function(small_mosaic_dir, assignments_file, tmp_path):
     config = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
                          eval__knn_tasks=())
@@ -194,16 +197,12 @@ def test_compiles_at_most_once_per_step_function(small_mosaic_dir, assignments_f
     assert {k: f._cache_size() for k, f in trainer.step_functions.items()} == {False: 1, True: 1}
 
 
+@pytest.mark.slow
 def test_init_from_a_simsiam_run_copies_its_weights(small_mosaic_dir, assignments_file,
-                                                     tmp_path):
-    from configs import simsiam_mosaic
+                                                     tiny_simsiam_run, tmp_path):
     from sdr_jax.train import checkpoint, pretrain as simsiam
-    simsiam_config = simsiam_mosaic.get_config("tiny").unlock()
-    simsiam_config.data.data_dir = small_mosaic_dir
-    simsiam_config.train.num_steps = 2
-    simsiam_config.eval.knn_tasks = ()
-    simsiam_dir = str(tmp_path / "simsiam")
-    simsiam.train_and_evaluate(simsiam_config.lock(), simsiam_dir)
+    from tests import fixtures
+    simsiam_dir = tiny_simsiam_run  # read only
     _, trained, _ = checkpoint.load_run(simsiam_dir)
 
     config = tiny_config(small_mosaic_dir, assignments_file, eval__knn_tasks=(),
@@ -219,7 +218,8 @@ def test_init_from_a_simsiam_run_copies_its_weights(small_mosaic_dir, assignment
     jax.tree.map(np.testing.assert_array_equal, state.params["kd_predictor"],
                  fresh.params["kd_predictor"])
 
-    wider = simsiam_config.unlock()
+    wider = fixtures.tiny_simsiam_config(small_mosaic_dir).unlock()
+    wider.train.num_steps = 2
     wider.model.proj_dim = 64
     wider_dir = str(tmp_path / "wider")
     simsiam.train_and_evaluate(wider.lock(), wider_dir)
@@ -234,6 +234,7 @@ def run_cli(*args):
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_refuses_assignments_of_another_tree(small_mosaic_dir, pool, tmp_path):
     wrong = str(tmp_path / "g4.npz")
     make_assignments(pool[1], spec=PathSpec(num_blocks=4, num_groups=4)).save(wrong)
@@ -245,6 +246,7 @@ def test_cli_refuses_assignments_of_another_tree(small_mosaic_dir, pool, tmp_pat
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_cli_without_assignments_says_what_to_run(small_mosaic_dir, tmp_path):
     out = run_cli("--config=configs/sdr_mosaic.py:tiny", f"--workdir={tmp_path / 'run'}",
                   f"--config.data.data_dir={small_mosaic_dir}")
@@ -259,6 +261,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_jax_distributed_equal_one_process_with_two_devices(
         small_mosaic_dir, assignments_file, tmp_path):
     args = ["--config=configs/sdr_mosaic.py:tiny", f"--config.data.data_dir={small_mosaic_dir}",

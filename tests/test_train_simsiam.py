@@ -87,6 +87,7 @@ def losses(workdir):
     return {row["step"]: row["loss"] for row in reporting.read_metrics(workdir)}
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_on_the_same_trajectory(small_mosaic_dir, tmp_path):
     straight = str(tmp_path / "straight")
     result = pretrain.train_and_evaluate(tiny_config(small_mosaic_dir, log_every=1), straight)
@@ -114,6 +115,7 @@ def error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith(("error", "FATAL", "Error"))]
 
 
+@pytest.mark.slow
 def test_cli_tiny_end_to_end_then_refuses_another_model(small_mosaic_dir, tmp_path):
     workdir = str(tmp_path / "run")
     out = run_cli("--config=configs/simsiam_mosaic.py:tiny", f"--workdir={workdir}",
@@ -141,6 +143,7 @@ def test_cli_tiny_end_to_end_then_refuses_another_model(small_mosaic_dir, tmp_pa
     assert out.stdout.split() == ["6", "1", "True"]
 
 
+@pytest.mark.slow
 def test_cli_unknown_config_field_fails(tmp_path):
     out = run_cli("--config=configs/simsiam_mosaic.py:tiny", f"--workdir={tmp_path}",
                   "--config.optim.no_such_field=1")
@@ -149,6 +152,7 @@ def test_cli_unknown_config_field_fails(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_non_finite_loss_stops_and_keeps_good_checkpoints(small_mosaic_dir, tmp_path):
     workdir = str(tmp_path / "nan")
     out = run_cli("--config=configs/simsiam_mosaic.py:tiny", f"--workdir={workdir}",

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdr_jax.core.errors import ConfigError
+
 ALL = -1
 
 
@@ -220,16 +222,16 @@ class ChannelLayout:
     def make(cls, channels: int, num_groups: int, shared_fraction: float, where: str = "") -> "ChannelLayout":
         """Splits `channels`; ValueError (naming `where`) if the groups do not divide."""
         if num_groups < 1:
-            raise ValueError(f"{where}: a channel layout needs num_groups >= 1, got {num_groups}.")
+            raise ConfigError(f"{where}: a channel layout needs num_groups >= 1, got {num_groups}.")
         if not 0.0 <= shared_fraction < 1.0:
-            raise ValueError(f"{where}: shared_fraction must be in [0, 1), got {shared_fraction}.")
+            raise ConfigError(f"{where}: shared_fraction must be in [0, 1), got {shared_fraction}.")
         shared = round(shared_fraction * channels)
         if abs(shared - shared_fraction * channels) > 1e-6:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: shared_fraction={shared_fraction} of {channels} channels is not a whole "
                 f"number; choose a width or fraction that divides.")
         if (channels - shared) % num_groups:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: the {channels - shared} individual channels ({channels} total, {shared} "
                 f"shared) do not split into {num_groups} groups; change width, shared_fraction or "
                 f"num_groups.")
@@ -273,10 +275,10 @@ class SDRLayout:
     def __post_init__(self):
         stages = tuple(int(s) for s in self.stages)
         if not stages or list(stages) != sorted(set(stages)) or stages[0] < 0:
-            raise ValueError(f"SDR stages must be distinct increasing stage indices, got {self.stages}.")
+            raise ConfigError(f"SDR stages must be distinct increasing stage indices, got {self.stages}.")
         object.__setattr__(self, "stages", stages)
         if self.num_groups < 1:
-            raise ValueError(f"An SDR layout needs num_groups >= 1, got {self.num_groups}.")
+            raise ConfigError(f"An SDR layout needs num_groups >= 1, got {self.num_groups}.")
 
     @property
     def path_spec(self) -> PathSpec:

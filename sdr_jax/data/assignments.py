@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sdr_jax.core import io
 from sdr_jax.core.errors import SDRError
 from sdr_jax.core.paths import PathSpec
 
@@ -112,14 +113,7 @@ class Assignments:
                   "leaves": self.leaves, "paths": self.paths}
         arrays.update({f"sizes_depth{s}": self.sizes(s) for s in range(1, self.num_blocks + 1)})
         arrays.update({f"centroids_level{l}": c for l, c in enumerate(self.centroids)})
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        io.write_npz(path, arrays)
 
     def _check_depth(self, depth: int) -> None:
         if not 0 <= depth <= self.num_blocks:
@@ -156,8 +150,7 @@ def load(path: str | os.PathLike, *, num_groups: int | None = None,
     if not os.path.isfile(path):
         raise AssignmentsError(f"no assignments file at {path}; run the clustering job first.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = dict(data)
+        arrays = io.read_npz(path)
         metadata = json.loads(str(arrays.pop("metadata")))
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # A truncated, empty or overwritten file: what numpy's zip reader raises for each.

@@ -18,6 +18,7 @@ import numpy as np
 from sdr_jax.data.assignments import Assignments
 from sdr_jax.data import augment as augment_lib
 from sdr_jax.data import input_pipeline
+from sdr_jax.data.records import iter_records
 from sdr_jax.core.errors import ConfigError
 from sdr_jax.core.progressive import ProgressiveSchedule
 
@@ -25,13 +26,7 @@ from sdr_jax.core.progressive import ProgressiveSchedule
 def record_ids(source) -> np.ndarray:
     """The example id of every record of `source`, in record order (ArrayRecord order is
     shuffled, the clustering keys on ids)."""
-    ids = np.empty(len(source), np.int64)
-    for start in range(0, len(source), 1024):
-        chunk = list(range(start, min(start + 1024, len(source))))
-        records = source.__getitems__(chunk) if hasattr(source, "__getitems__") else \
-            [source[i] for i in chunk]
-        ids[start:start + len(records)] = [r["id"] for r in records]
-    return ids
+    return np.fromiter((r["id"] for r in iter_records(source)), np.int64, count=len(source))
 
 
 class SDRBatches:

@@ -27,11 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import socket
 import sys
-import tempfile
 from typing import Any, Iterable, Iterator, Optional
 
 import jax
@@ -42,6 +38,7 @@ from tqdm import tqdm
 
 from sdr_jax.data import assignments as assignments_lib
 from sdr_jax.data import datasets, mosaic, input_pipeline
+from sdr_jax.core import io
 from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.eval.knn import knn_accuracy
@@ -297,8 +294,8 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
             "image_size": image_size, "pool_dataset": run_config.data.dataset,
             "data_dir": data_dir or "", "model_config": json.loads(model_cfg.to_json())}
     target = os.path.join(out or workdir, "route", task_name)
-    _write_atomically(target, lambda d: _write_outputs(d, ranking, test, compact,
-                                                       compact_vars, meta))
+    with io.atomic_directory(target) as tmp:
+        _write_outputs(os.fspath(tmp), ranking, test, compact, compact_vars, meta)
     ranking["out_dir"] = target
     print(format_table(ranking, top=10), flush=True)
     return ranking
@@ -381,10 +378,8 @@ def format_table(ranking: dict, top: Optional[int] = None) -> str:
 
 def _write_outputs(directory: str, ranking: dict, test_accuracies: np.ndarray,
                    compact: SimSiam, compact_vars: dict, meta: dict) -> None:
-    with open(os.path.join(directory, "ranking.json"), "w") as f:
-        json.dump(ranking, f, indent=1)
-    with open(os.path.join(directory, "ranking.txt"), "w") as f:
-        f.write(format_table(ranking) + "\n")
+    io.write_json(os.path.join(directory, "ranking.json"), ranking)
+    io.write_text(os.path.join(directory, "ranking.txt"), format_table(ranking) + "\n")
     _histogram(os.path.join(directory, "accuracy_hist.png"), test_accuracies, ranking)
     save_exported(os.path.join(directory, EXPORT_DIR), compact, compact_vars, meta)
 
@@ -408,48 +403,5 @@ def _histogram(filename: str, accuracies: np.ndarray, ranking: dict) -> None:
     ax.set_title(f"routing on {ranking['task']} (bn={ranking['protocol']['bn']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(filename, dpi=100)
+    io.write_figure(filename, fig, dpi=100)
     plt.close(fig)
-
-
-def _write_atomically(target: str, write) -> None:
-    """Writes into a temporary sibling directory, then swaps it in: never half-written.
-
-    The temporary name carries its writer (`.<name>.partial-<pid>@<host>.XXXX`): one left by a
-    writer that was killed (SIGKILL runs no cleanup) is removed here, while a live writer's, or
-    another host's (its pid cannot be checked), is left alone. The result gets the permissions
-    of a directory made with os.makedirs (mkdtemp's are 0700, private to the owner).
-    """
-    parent = os.path.dirname(os.path.abspath(target))
-    name = os.path.basename(target)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_partials(parent, name)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}@{socket.gethostname()}.",
-                           dir=parent)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _remove_stale_partials(parent: str, name: str) -> None:
-    """Removes the temporary siblings of `name` whose writer is dead (see _write_atomically);
-    also the older unnamed ones (`.<name>.` + mkdtemp's 8 characters), from before writers
-    were named."""
-    partial = re.compile(rf"\.{re.escape(name)}\.partial-(\d+)@(.+)\.[a-z0-9_]+")
-    unnamed = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}")
-    for entry in os.listdir(parent):
-        match = partial.fullmatch(entry)
-        stale = (checkpoint.is_dead({"pid": int(match[1]), "host": match[2]}) if match
-                 else bool(unnamed.fullmatch(entry)))
-        if stale and os.path.isdir(os.path.join(parent, entry)):
-            print(f"removing {os.path.join(parent, entry)}, left by a killed writer",
-                  file=sys.stderr, flush=True)
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)

@@ -42,8 +42,9 @@ def ema(target, online, tau: jax.Array):
 
 class Method(methods.SSLMethod):
     name, title = "byol", "BYOL"
-    # BYOL trains every weight, the predictor included, on the one lr schedule.
-    recipe = {"optim.fix_pred_lr": False}
+    # BYOL trains every weight, the predictor included, on the one lr schedule: no module is
+    # kept at the peak lr, whatever `optim.fix_pred_lr` says.
+    predictors = ()
 
     @classmethod
     def default_config(cls):

@@ -18,7 +18,6 @@ class Method(methods.SSLMethod):
     name, title = "simsiam", "SimSiam"
     # SimSiam §4.2: the predictor keeps a fixed lr (it must keep adapting to the latest
     # representations; a decaying lr hurts).
-    recipe = {"optim.fix_pred_lr": True}
 
     def forward(self, model, params, batch_stats, method_state, view1, view2, path):
         out1, out2, batch_stats = methods.two_views(model, params, batch_stats, view1, view2, path)

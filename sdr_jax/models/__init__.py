@@ -5,9 +5,10 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
+from sdr_jax import config_base
 from sdr_jax.core import paths
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.models import backbones
 from sdr_jax.models.backbones import ARCHS
 from sdr_jax.models.simsiam import SimSiam
@@ -16,43 +17,12 @@ DTYPES = ("float32", "bfloat16")
 
 
 def model_config(arch: str = "resnet18", **overrides: Any) -> ml_collections.ConfigDict:
-    """Locked model ConfigDict; `overrides` may be nested dicts (e.g. sdr=dict(num_groups=2)).
+    """`sdr_jax.config_base.model_config` (the fields) with the arch's own default width.
 
-    Fields: arch (a backbone of `backbones.ARCHS`), width, stem ('imagenet'|'small'), dtype,
-    proj_dim, proj_layers,
-    pred_dim, bn_momentum, sdr: {num_groups (0 = plain SimSiam), shared_fraction,
-    stages, num_paths (optional: error if more than G**L)}.
+    Raises `backbones.UnknownArchError` (a ConfigError) for an arch no backbone registers.
     """
-    cfg = ml_collections.ConfigDict({
-        "arch": arch,
-        "width": backbones.default_width(arch),
-        "stem": "imagenet",
-        "dtype": "float32",
-        "proj_dim": 2048,
-        "proj_layers": 3,
-        "pred_dim": 512,
-        "bn_momentum": 0.9,
-        "kd_head": False,
-        "sdr": {
-            "num_groups": 4,
-            "shared_fraction": 0.5,
-            "stages": (0, 1, 2, 3),
-            "num_paths": config_dict.placeholder(int),
-        },
-    })
-    _merge(cfg, overrides, "model")
-    cfg.lock()
-    return cfg
-
-
-def _merge(cfg: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise ValueError(f"Unknown field {where}.{key}; known: {sorted(cfg.keys())}.")
-        if isinstance(cfg[key], ml_collections.ConfigDict):
-            _merge(cfg[key], dict(value), f"{where}.{key}")
-        else:
-            cfg[key] = value
+    overrides.setdefault("width", backbones.default_width(arch))
+    return config_base.model_config(arch, **overrides)
 
 
 def path_spec(model_cfg: Any) -> paths.PathSpec:
@@ -75,15 +45,15 @@ def build_model(model_cfg: Any, *, bn_axis_name: Optional[str] = None, sync_bn: 
     `sync_bn` the batch statistics are pooled over it (SyncBN).
     """
     if model_cfg.stem not in backbones.STEMS:
-        raise ValueError(f"model.stem must be one of {backbones.STEMS}, got {model_cfg.stem!r}.")
+        raise ConfigError(f"model.stem must be one of {backbones.STEMS}, got {model_cfg.stem!r}.")
     if model_cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {DTYPES}, got {model_cfg.dtype!r}.")
+        raise ConfigError(f"model.dtype must be one of {DTYPES}, got {model_cfg.dtype!r}.")
     if model_cfg.proj_layers < 1:
-        raise ValueError(f"model.proj_layers must be >= 1, got {model_cfg.proj_layers}.")
+        raise ConfigError(f"model.proj_layers must be >= 1, got {model_cfg.proj_layers}.")
     spec = path_spec(model_cfg)
     wanted = model_cfg.sdr.num_paths
     if wanted is not None and not 1 <= wanted <= spec.num_paths:
-        raise ValueError(
+        raise ConfigError(
             f"model.sdr.num_paths={wanted} but {spec.num_groups} groups x {spec.num_blocks} SDR "
             f"blocks give {spec.num_paths} paths; raise num_groups/stages or lower num_paths.")
     bn = dict(dtype=jnp.dtype(model_cfg.dtype), bn_momentum=model_cfg.bn_momentum,

@@ -11,7 +11,6 @@ An exported sub-net is a directory with `model.json` (the network's fields, the 
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterable, Optional
 
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdr_jax.core import io
 from sdr_jax.core.errors import CheckpointError
 from sdr_jax.models import backbones, build_model, path_spec
 from sdr_jax.models.backbones.base import SHARED_FIELDS, plain
@@ -117,10 +117,9 @@ def save_exported(directory: str, model: SimSiam, variables: Variables, meta: di
               "bn_momentum": model.bn_momentum}
     flat = {"/".join(str(getattr(k, "key", k)) for k in keypath): np.asarray(leaf)
             for keypath, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
-    os.makedirs(directory, exist_ok=True)
-    np.savez(os.path.join(directory, VARIABLES_FILE), **flat)
-    with open(os.path.join(directory, MODEL_FILE), "w") as f:
-        json.dump({"model": fields, "meta": meta}, f, indent=2, sort_keys=True)
+    io.write_npz(os.path.join(directory, VARIABLES_FILE), flat)
+    io.write_json(os.path.join(directory, MODEL_FILE), {"model": fields, "meta": meta},
+                  indent=2, sort_keys=True)
 
 
 def load_exported(directory: str) -> tuple[SimSiam, Variables]:
@@ -133,13 +132,12 @@ def load_exported(directory: str) -> tuple[SimSiam, Variables]:
     fields["dtype"] = jnp.dtype(fields["dtype"])
     cls = backbones.backbone_class(backbone.pop("class"))
     variables: dict = {}
-    with np.load(os.path.join(directory, VARIABLES_FILE)) as npz:
-        for key in npz.files:
-            node = variables
-            *parents, leaf = key.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = npz[key]
+    for key, value in io.read_npz(os.path.join(directory, VARIABLES_FILE)).items():
+        node = variables
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     return SimSiam(backbone=cls.from_fields(backbone), **fields), variables
 
 
@@ -150,11 +148,10 @@ def exported_meta(directory: str) -> dict:
 
 def _read_model_file(directory: str) -> dict:
     model_path = os.path.join(directory, MODEL_FILE)
-    if not os.path.exists(model_path):
+    if not io.exists(model_path):
         raise CheckpointError(f"{directory} is not an exported sub-net (no {MODEL_FILE}); run "
                               "launch/route.py first.")
-    with open(model_path) as f:
-        return json.load(f)
+    return io.read_json(model_path)
 
 
 # -- cost ----------------------------------------------------------------------------------------

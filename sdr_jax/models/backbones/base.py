@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdr_jax.core import paths
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.models.batchnorm import MaskedBatchNorm
 
 Variables = dict[str, Any]
@@ -101,11 +102,11 @@ class Backbone(nn.Module):
     def channel_layouts(self) -> tuple[Optional[tuple[paths.ChannelLayout, ...]], ...]:
         """Per stage, the ChannelLayout of every width of `channel_widths` (None: not SDR).
 
-        ValueError naming the stage and widths if the groups do not divide.
+        ConfigError naming the stage and widths if the groups do not divide.
         """
         widths = self.channel_widths()
         if self.sdr is not None and self.sdr.stages[-1] >= len(widths):
-            raise ValueError(f"SDR stages {self.sdr.stages} name a stage the network does not "
+            raise ConfigError(f"SDR stages {self.sdr.stages} name a stage the network does not "
                              f"have ({len(widths)} stages).")
         return tuple(None if self.sdr is None or self.sdr.block_of(s) is None
                      else tuple(self.sdr.layout(s, w) for w in ws)
@@ -198,7 +199,7 @@ def masked(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
 
 def check_stem(stem_kind: str) -> None:
     if stem_kind not in STEMS:
-        raise ValueError(f"stem must be one of {STEMS}, got {stem_kind!r}.")
+        raise ConfigError(f"stem must be one of {STEMS}, got {stem_kind!r}.")
 
 
 def stage_filters(stage_sizes: Sequence[int], width: float,
@@ -206,17 +207,17 @@ def stage_filters(stage_sizes: Sequence[int], width: float,
     """Width ('filters') of every stage: 64*width*2**s unless given explicitly (compact nets)."""
     if stage_widths is not None:
         if len(stage_widths) != len(stage_sizes):
-            raise ValueError(f"stage_widths {tuple(stage_widths)} must give one width per stage "
+            raise ConfigError(f"stage_widths {tuple(stage_widths)} must give one width per stage "
                              f"({len(stage_sizes)} stages).")
         return tuple(int(w) for w in stage_widths)
     return tuple(base_width(width) * 2**s for s in range(len(stage_sizes)))
 
 
 def base_width(width: float) -> int:
-    """64*width channels (the stem's), ValueError unless a positive integer."""
+    """64*width channels (the stem's), ConfigError unless a positive integer."""
     base = 64 * width
     if base != int(base) or base < 1:
-        raise ValueError(f"width={width} gives {base} base channels; 64*width must be a positive "
+        raise ConfigError(f"width={width} gives {base} base channels; 64*width must be a positive "
                          "integer.")
     return int(base)
 
