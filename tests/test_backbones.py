@@ -11,7 +11,7 @@ import pytest
 from models_testlib import images, random_variables, tiny_config
 from sdr_jax.core import paths
 from sdr_jax.jobs import route
-from sdr_jax.methods.losses import simsiam_loss
+from sdr_jax.methods.simsiam import simsiam_loss
 from sdr_jax.models import backbones, build_model, export, model_config, path_spec
 
 

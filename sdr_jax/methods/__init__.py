@@ -95,3 +95,42 @@ def build(method_cfg: ConfigDict, num_steps: int) -> SSLMethod:
         raise ConfigError(f"method {method_cfg.name!r} has no field(s) {sorted(unknown)}; its "
                           f"fields: {sorted(cls.default_config())}.")
     return cls(ConfigDict({"name": cls.name, **cls.default_config(), **given}), num_steps)
+
+
+# -- what every method uses ---------------------------------------------------------------------
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+    """D(p, z) = -cos(p, stop_grad(z)), averaged over the batch (rows)."""
+    if p.shape != z.shape:
+        raise ValueError(f"negative_cosine needs p and z of the same shape, got {p.shape} and {z.shape}.")
+    z = jax.lax.stop_gradient(z)
+    return -jnp.mean(jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1))
+
+
+def collapse_std(z: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """Std over the batch of the L2-normalised `z`, averaged over dims.
+
+    SimSiam's collapse monitor: for healthy (spread out) outputs of dimension d
+    it is about 1/sqrt(d); when all outputs collapse to one vector it goes to 0.
+    With `axis_name` (inside `jax.shard_map`, equal batch shards) the std is over the global
+    batch: the mean of per-device stds would depend on the device count (a std over 2 rows
+    is not a std over 16), so the monitor would too.
+    """
+    x = l2_normalize(z)
+    if axis_name is None:
+        return jnp.mean(jnp.std(x, axis=0))
+    # Two passes (mean, then squared deviations) as jnp.std does: no cancellation.
+    mean = jax.lax.pmean(jnp.mean(x, axis=0), axis_name)
+    var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axis=0), axis_name)
+    return jnp.mean(jnp.sqrt(var))
+
+
+def two_views(model, params, batch_stats, view1: jax.Array, view2: jax.Array, path: jax.Array
+              ) -> tuple[dict, dict, Any]:
+    """Both views through `model` in train mode, batch norm per view (as SimSiam and BYOL do):
+    (outputs of view 1, outputs of view 2, batch_stats after view 1's update then view 2's)."""
+    out1, new = model.apply({"params": params, "batch_stats": batch_stats}, view1, path,
+                            train=True, mutable=["batch_stats"])
+    out2, new = model.apply({"params": params, "batch_stats": new["batch_stats"]}, view2, path,
+                            train=True, mutable=["batch_stats"])
+    return out1, out2, new["batch_stats"]
