@@ -26,6 +26,7 @@ def get_config(arg: str | None = None):
     config = simsiam_config(dataset="imagenet2012", split="train", image_size=224, arch="resnet50",
                             width=1.0, stem="imagenet", proj_dim=256, pred_dim=4096)
     use_method(config, "byol", base_momentum=0.99)
+    config.optim.fix_pred_lr = False   # BYOL keeps no module at a fixed lr (methods/byol.py)
     config.model.proj_layers = 2
     config.model.dtype = "bfloat16"
     config.optim.optimizer = "lars"

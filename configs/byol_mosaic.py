@@ -16,6 +16,7 @@ def get_config(arg: str | None = None):
                             width=0.25, stem="small", proj_dim=512, pred_dim=128)
     use_mosaic_recipe(config)
     use_method(config, "byol", base_momentum=0.99)
+    config.optim.fix_pred_lr = False   # BYOL keeps no module at a fixed lr (methods/byol.py)
     # Augmentations: symmetric for now (`config.data.aug`, one config for both views). BYOL's
     # are asymmetric (view 1: blur p=1.0, no solarize; view 2: blur p=0.1, solarize p=0.2);
     # they go here as per-view aug configs once the input pipeline has them.
