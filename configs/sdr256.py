@@ -9,7 +9,7 @@ the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fix
 `:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test);
 `:method=byol` (or `:tiny,method=byol`) is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax.config_base import make_tiny, parse_variants, sdr_config, use_method
+from sdr_jax.config_base import apply_variants, sdr_config
 
 
 def get_config(arg: str | None = None):
@@ -22,9 +22,4 @@ def get_config(arg: str | None = None):
     config.train.knn_every = 5000
     config.sdr.paths_per_step = 8
     config.sdr.subnet_batch_size = 64
-    variants = parse_variants(arg)
-    if "tiny" in variants:
-        make_tiny(config)
-    if "method" in variants:  # SDR over another SSL method
-        use_method(config, variants["method"])
-    return config.lock()
+    return apply_variants(config, arg).lock()

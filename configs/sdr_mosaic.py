@@ -7,8 +7,7 @@
 `:tiny` is a seconds-long smoke test on `mosaic/small`; `:method=byol` (or `:tiny,method=byol`)
 is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax.config_base import (MOSAIC_IMAGE_SIZE, make_tiny, parse_variants, sdr_config,
-                                 use_method, use_mosaic_recipe)
+from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, apply_variants, sdr_config, use_mosaic_recipe
 
 
 def get_config(arg: str | None = None):
@@ -18,9 +17,4 @@ def get_config(arg: str | None = None):
     use_mosaic_recipe(config)
     config.sdr.paths_per_step = 4
     config.sdr.subnet_batch_size = 32
-    variants = parse_variants(arg)
-    if "tiny" in variants:
-        make_tiny(config)
-    if "method" in variants:  # SDR over another SSL method
-        use_method(config, variants["method"])
-    return config.lock()
+    return apply_variants(config, arg).lock()

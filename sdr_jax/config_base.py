@@ -54,6 +54,16 @@ def parse_variants(arg: str | None, flags: tuple[str, ...] = ("tiny",),
     return variants
 
 
+def apply_variants(config: ConfigDict, arg: str | None) -> ConfigDict:
+    """`:tiny` (`make_tiny`) and `:method=NAME` (`use_method`), alone or comma-separated."""
+    variants = parse_variants(arg)
+    if "tiny" in variants:
+        make_tiny(config)
+    if "method" in variants:  # e.g. SDR over another SSL method
+        use_method(config, variants["method"])
+    return config
+
+
 def use_method(config: ConfigDict, name: str, **fields: Any) -> ConfigDict:
     """Pre-train (or run SDR over) SSL method `name` (`sdr_jax/methods/<name>.py`); `fields` set
     some of its own fields, the others keep the method's defaults (checked when it is built)."""
