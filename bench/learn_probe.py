@@ -19,11 +19,11 @@ import jax
 import numpy as np
 
 from sdr_jax.config_base import load_config_file
-from sdr_jax.data import datasets, pipeline, tasks
+from sdr_jax.data import datasets, input_pipeline, tasks
 from sdr_jax.eval.features import Prefix
 from sdr_jax.eval.knn import knn_accuracy
 from sdr_jax.models import export
-from sdr_jax.train import simsiam
+from sdr_jax.train import pretrain
 
 
 def held_out(task_names, image_size, memory, queries, data_dir=None):
@@ -31,7 +31,7 @@ def held_out(task_names, image_size, memory, queries, data_dir=None):
     for name in task_names:
         train, _, task = tasks.open_task(name, data_dir)
         prefix = Prefix(train, min(memory + queries, len(train)))
-        images, labels, _ = pipeline.load_all(prefix, image_size)
+        images, labels, _ = input_pipeline.load_all(prefix, image_size)
         out[name] = (images[:memory], labels[:memory], images[memory:], labels[memory:],
                      task.num_classes)
     return out
@@ -93,10 +93,10 @@ def main():
     print(" " * 14 + "".join(f"{n[:6]:>7}" for n in task_names))
     print(fmt("raw pixels", pixel_knn(data, config.eval.knn_k, config.eval.knn_temperature)))
 
-    trainer = simsiam.SimSiamTrainer(config, workdir="")  # no checkpoints: nothing is written
+    trainer = pretrain.PretrainTrainer(config, workdir="")  # no checkpoints: nothing is written
     state = trainer.init_state()
     data_iter = trainer.make_data(0, None)
-    step_fn = trainer.make_step_fn(data_iter)
+    step_fn = trainer.make_step_fn()
     path = trainer.full_path
 
     def probe(label):
@@ -107,7 +107,7 @@ def main():
     probe("step 0")
     start, losses = time.perf_counter(), []
     for step in range(1, args.steps + 1):
-        state, metrics = step_fn(state, step)
+        state, metrics = step_fn(state, next(data_iter))
         if step % 25 == 0 or step == args.steps:
             m = metrics.compute()
             losses.append(float(m["loss"]))

@@ -4,8 +4,8 @@ One pair = one source image turned into two augmented views (view1 + view2).
 The `augment only` column is a bare loop calling `augment` twice per image in this process:
 the ceiling for 0 workers, so the grain overhead shows as the gap to it.
 
-  python bench/pipeline.py                       # 32x32 in-memory + 224x224 ImageNet-like
-  python bench/pipeline.py --dataset=mosaic      # also the built mosaic pool, if prepared
+  python bench/input_pipeline.py                       # 32x32 in-memory + 224x224 ImageNet-like
+  python bench/input_pipeline.py --dataset=mosaic      # also the built mosaic pool, if prepared
 """
 import argparse
 import itertools
@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from sdr_jax.data import augment
-from sdr_jax.data import pipeline
+from sdr_jax.data import input_pipeline
 
 
 class InMemorySource:
@@ -46,7 +46,7 @@ def augment_only_pairs_per_s(source, image_size: int, pairs: int) -> float:
 
 def pipeline_pairs_per_s(source, image_size: int, workers: int, batch_size: int,
                          warmup: int, batches: int) -> float:
-    ds = pipeline.pretrain_dataset(source, batch_size=batch_size, seed=0,
+    ds = input_pipeline.pretrain_dataset(source, batch_size=batch_size, seed=0,
                                    aug_cfg=augment.default_aug_config(image_size),
                                    num_workers=workers)
     iterator = iter(ds)

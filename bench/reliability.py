@@ -31,7 +31,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from sdr_jax.errors import SDRError  # noqa: E402
+from sdr_jax.core.errors import SDRError  # noqa: E402
 from sdr_jax.train import checkpoint  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sdr_jax import route  # noqa: E402
+from sdr_jax.jobs import route  # noqa: E402
 from sdr_jax.models import build_model, model_config, path_spec  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from sdr_jax.losses import simsiam_loss  # noqa: E402
+from sdr_jax.methods.simsiam import simsiam_loss  # noqa: E402
 from sdr_jax.models import build_model, model_config, path_spec  # noqa: E402
 from sdr_jax.models.export import export_subnet  # noqa: E402
 

@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdr_jax import models
+from sdr_jax import methods, models
 from sdr_jax.config_base import sdr_config, simsiam_config
-from sdr_jax.paths import PathSpec
-from sdr_jax.train import mesh as mesh_lib
-from sdr_jax.train import optim, sdr, simsiam
+from sdr_jax.core.paths import PathSpec
+from sdr_jax.core import mesh as mesh_lib
+from sdr_jax.train import optim, pretrain, sdr
 from sdr_jax.train.state import create_train_state
 
 
@@ -70,8 +70,9 @@ def main():
     base = simsiam_config(**common)
     tx, _ = optim.make_optimizer(base.optim, 1000)
     state, path = _state(base.model, tx, size, mesh)
-    step = simsiam.make_train_step(models.build_model(base.model, bn_axis_name="data"), tx,
-                                   mesh, path)
+    step = pretrain.make_train_step(methods.build(base.method, 1000),
+                                    models.build_model(base.model, bn_axis_name="data"), tx,
+                                    mesh, path)
     batch = mesh_lib.shard_batch({"view1": images(args.batch), "view2": images(args.batch)}, mesh)
     memory = _memory_mib(step, state, batch)
     seconds, compile_s, _ = _time(step, state, batch, args.repeats)
@@ -83,7 +84,7 @@ def main():
         tx, _ = optim.make_optimizer(cfg.optim, 1000)
         state, full = _state(cfg.model, tx, size, mesh)
         step = sdr.make_sdr_step(
-            models.build_model(cfg.model, bn_axis_name="data"),
+            methods.build(cfg.method, 1000), models.build_model(cfg.model, bn_axis_name="data"),
             models.build_model(cfg.model, bn_axis_name="data", sync_bn=False), tx, mesh, full,
             kd="siamkd", kd_weight=1.0, with_subnets=True)
         paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]

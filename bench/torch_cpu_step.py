@@ -1,7 +1,7 @@
 """CPU time of one SimSiam training step: this project's JAX step next to the same model in PyTorch.
 
 For every batch size and image size it times, in one run and side by side:
-  * JAX: `sdr_jax.train.simsiam.make_train_step` (jitted, default CPU backend), built as in
+  * JAX: `sdr_jax.train.pretrain.make_train_step` (jitted, default CPU backend), built as in
     `bench/train_step.py`: `simsiam_config`, `models.build_model`, `optim.make_optimizer`,
     `create_train_state`, synthetic uint8 batches (two views);
   * PyTorch eager (`torch.set_num_threads(2)`), with a small module written below that mirrors
@@ -53,10 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdr_jax import models
+from sdr_jax import methods, models
 from sdr_jax.config_base import simsiam_config
-from sdr_jax.train import mesh as mesh_lib
-from sdr_jax.train import optim, simsiam
+from sdr_jax.core import mesh as mesh_lib
+from sdr_jax.train import optim, pretrain
 from sdr_jax.train.state import create_train_state
 
 TORCH_THREADS = 2
@@ -116,8 +116,9 @@ def jax_step(batch: int, image_size: int):
     state = jax.jit(lambda r: create_train_state(model, tx, r, image_size, path),
                     out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-    step = simsiam.make_train_step(models.build_model(config.model, bn_axis_name="data"), tx,
-                                   mesh, path)
+    step = pretrain.make_train_step(methods.build(config.method, 1000),
+                                    models.build_model(config.model, bn_axis_name="data"), tx,
+                                    mesh, path)
     data = mesh_lib.shard_batch(_batch(batch, image_size), mesh)
     box = {"state": state, "metrics": None}
 
@@ -210,7 +211,7 @@ def torch_step(torch, batch: int, image_size: int, compiled: bool):
                  ).sum(-1).mean()
 
     def forward_loss(v1, v2):
-        z1, p1 = model(v1)  # BN statistics per view, as in simsiam_forward
+        z1, p1 = model(v1)  # BN statistics per view, as in methods.two_views
         z2, p2 = model(v2)
         return 0.5 * (neg_cos(p1, z2) + neg_cos(p2, z1)), z1
 

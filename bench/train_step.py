@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from pipeline import InMemorySource, pipeline_pairs_per_s
-from sdr_jax import models
+from sdr_jax import methods, models
 from sdr_jax.config_base import simsiam_config
-from sdr_jax.train import mesh as mesh_lib
-from sdr_jax.train import optim, simsiam
+from sdr_jax.core import mesh as mesh_lib
+from sdr_jax.train import optim, pretrain
 from sdr_jax.train.state import create_train_state
 
 
@@ -31,8 +31,9 @@ def step_images_per_s(arch, width, stem, image_size, batch, repeats) -> tuple[fl
     tx, _ = optim.make_optimizer(config.optim, 1000)
     state = jax.jit(lambda r: create_train_state(model, tx, r, image_size, path),
                     out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0))
-    step = simsiam.make_train_step(models.build_model(config.model, bn_axis_name="data"), tx,
-                                   mesh, path)
+    step = pretrain.make_train_step(methods.build(config.method, 1000),
+                                    models.build_model(config.model, bn_axis_name="data"), tx,
+                                    mesh, path)
     rng = np.random.default_rng(0)
     batch_np = {k: rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
                 for k in ("view1", "view2")}

@@ -1,17 +1,15 @@
 """Clustering ImageNet into the 256 leaves of configs/sdr256.py (G=4, L=4), for SDR256.
 
-  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster \
-      --config.pretrain_workdir=gs://.../simsiam
+  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=runs/imagenet/cluster \
+      --config.pretrain_workdir=runs/imagenet/simsiam
 `:tiny` clusters a tiny run for sdr256:tiny (256 leaves): give it at least ~10k examples
 (e.g. --config.data.dataset=mosaic); the 1.5k of mosaic/small leave some leaves empty.
 """
-from sdr_jax.config_base import cluster_config
+from sdr_jax.config_base import check_variant, cluster_config
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    tiny = arg == "tiny"
+    tiny = check_variant(arg) == "tiny"
     config = cluster_config(
         sdr_config="configs/sdr256.py:tiny" if tiny else "configs/sdr256.py",
         extract_batch_size=64 if tiny else 1024, images_per_cluster=6 if tiny else 12)

@@ -6,13 +6,11 @@ G and L come from the SDR config named by `sdr_config` (the model the clusters a
       --config.pretrain_workdir=runs/simsiam
   python launch/cluster.py --config=configs/cluster_mosaic.py:tiny ...   (mosaic/small, tiny SDR)
 """
-from sdr_jax.config_base import cluster_config
+from sdr_jax.config_base import check_variant, cluster_config
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    tiny = arg == "tiny"
+    tiny = check_variant(arg) == "tiny"
     config = cluster_config(
         sdr_config="configs/sdr_mosaic.py:tiny" if tiny else "configs/sdr_mosaic.py",
         extract_batch_size=64 if tiny else 512, images_per_cluster=6 if tiny else 16)

@@ -1,7 +1,8 @@
-"""The whole SDR pipeline on the embedded pool (sdr_jax/pipeline.py), sized for a 2-core CPU.
+"""The whole SDR pipeline on the embedded pool (sdr_jax/jobs/pipeline.py), sized for a 2-core CPU.
 
   python launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=runs/pipeline
   python launch/pipeline.py --config=configs/pipeline_mosaic.py:tiny --workdir=/tmp/pipeline
+  python launch/pipeline.py --config=configs/pipeline_mosaic.py --config.method=byol ...
 
 One sub-config per stage, each the stage's own config file (override any field, e.g.
 --config.sdr.train.num_steps=600 or --config.route.bn=running); the pipeline wires the stages
@@ -21,17 +22,15 @@ whole chain in about a minute on `mosaic/small` (two tasks).
 """
 import ml_collections
 
-from sdr_jax.config_base import load_config_file
-from sdr_jax.data.datasets import TASKS
+from sdr_jax.config_base import MOSAIC_TASKS, check_variant, load_config_file
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    variant = ":tiny" if arg == "tiny" else ""
+    variant = ":tiny" if check_variant(arg) == "tiny" else ""
     config = ml_collections.ConfigDict()
     config.data_dir = ""                   # '' = every stage's own (TFDS's default)
-    config.tasks = tuple(TASKS)            # routed and compared in the summary
+    config.method = "simsiam"              # the SSL method of pre-training and SDR (e.g. byol)
+    config.tasks = MOSAIC_TASKS            # routed and compared in the summary
     # The SDRnet starts from the SimSiam run's weights (sdr.init_from): stage 0 of progressive
     # training is SimSiam on the pool, so the SDR stage spends its steps on the sub-nets.
     config.sdr_from_simsiam = True

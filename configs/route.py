@@ -9,10 +9,11 @@ field below from `bn` on is part of it (a pipeline refuses to mix results made w
 """
 import ml_collections
 
+from sdr_jax.config_base import check_variant
+
 
 def get_config(arg=None):
-    if arg not in (None, "", "tiny"):
-        raise ValueError(f"configs/route.py takes no argument or 'tiny', got {arg!r}.")
+    check_variant(arg)
     config = ml_collections.ConfigDict()
     config.data_dir = ""          # '' = the run's data.data_dir
     config.image_size = 0         # 0 = the run's data.image_size

@@ -2,13 +2,14 @@
 the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fixed predictor lr),
 8 paths per step (one per device of an 8-accelerator host; more on pods), SiamKD λ=1.
 
-  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=gs://.../cluster
-  python launch/train.py --config=configs/sdr256.py --workdir=gs://.../sdr256 \\
-      --config.sdr.assignments=gs://.../cluster/assignments.npz
+  python launch/cluster.py --config=configs/cluster_imagenet.py --workdir=runs/imagenet/cluster
+  python launch/train.py --config=configs/sdr256.py --workdir=runs/imagenet/sdr256 \\
+      --config.sdr.assignments=runs/imagenet/cluster/assignments.npz
 
-`:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test).
+`:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test);
+`:method=byol` (or `:tiny,method=byol`) is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax.config_base import make_tiny, sdr_config
+from sdr_jax.config_base import apply_variants, sdr_config
 
 
 def get_config(arg: str | None = None):
@@ -21,8 +22,4 @@ def get_config(arg: str | None = None):
     config.train.knn_every = 5000
     config.sdr.paths_per_step = 8
     config.sdr.subnet_batch_size = 64
-    if arg == "tiny":
-        make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    return config.lock()
+    return apply_variants(config, arg).lock()

@@ -4,9 +4,10 @@
   python launch/train.py --config=configs/sdr_mosaic.py --workdir=runs/sdr \\
       --config.sdr.assignments=runs/cluster/assignments.npz
 
-`:tiny` is a seconds-long smoke test on `mosaic/small`.
+`:tiny` is a seconds-long smoke test on `mosaic/small`; `:method=byol` (or `:tiny,method=byol`)
+is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, make_tiny, use_mosaic_recipe, sdr_config
+from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, apply_variants, sdr_config, use_mosaic_recipe
 
 
 def get_config(arg: str | None = None):
@@ -16,8 +17,4 @@ def get_config(arg: str | None = None):
     use_mosaic_recipe(config)
     config.sdr.paths_per_step = 4
     config.sdr.subnet_batch_size = 32
-    if arg == "tiny":
-        make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
-    return config.lock()
+    return apply_variants(config, arg).lock()

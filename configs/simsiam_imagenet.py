@@ -2,9 +2,9 @@
 lr 0.05 * bs/256 cosine, wd 1e-4, momentum 0.9, fixed predictor lr, 100 epochs, MoCo-v2
 augmentations with blur. Needs `imagenet2012` prepared for TFDS (ArrayRecord) in data_dir.
 
-  python launch/train.py --config=configs/simsiam_imagenet.py --workdir=gs://.../simsiam
+  python launch/train.py --config=configs/simsiam_imagenet.py --workdir=runs/imagenet/simsiam
 """
-from sdr_jax.config_base import make_tiny, simsiam_config
+from sdr_jax.config_base import check_variant, make_tiny, simsiam_config
 
 
 def get_config(arg: str | None = None):
@@ -14,8 +14,6 @@ def get_config(arg: str | None = None):
     config.data.num_workers = 16
     config.train.num_epochs = 100
     config.train.knn_every = 5000
-    if arg == "tiny":
+    if check_variant(arg) == "tiny":
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()

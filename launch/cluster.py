@@ -6,14 +6,14 @@
       --config.pretrain_workdir=/tmp/tiny
 
 Writes <workdir>/features, assignments.npz, clusters.png, summary.txt/json; a rerun skips the
-stages whose output is already there (see sdr_jax/cluster/job.py).
+stages whose output is already there (see sdr_jax/jobs/cluster/job.py).
 """
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdr_jax import launch_utils
+from sdr_jax.jobs import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Clustering config file.",
                                           lock_config=True)
@@ -24,9 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    launch_utils.init_distributed()
-    from sdr_jax.cluster.job import run
-    launch_utils.run_or_fail(run, _CONFIG.value, _WORKDIR.value)
+    cli.init_distributed()
+    from sdr_jax.jobs.cluster.job import run
+    cli.run_or_fail(run, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

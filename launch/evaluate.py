@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdr_jax import launch_utils
+from sdr_jax.jobs import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                "route.py")
@@ -28,9 +28,9 @@ flags.mark_flags_as_required(["task", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    launch_utils.init_distributed()
-    from sdr_jax.eval.downstream import evaluate
-    launch_utils.run_or_fail(evaluate, _CONFIG.value, _WORKDIR.value, _TASK.value, _PATH.value)
+    cli.init_distributed()
+    from sdr_jax.jobs.evaluate import evaluate
+    cli.run_or_fail(evaluate, _CONFIG.value, _WORKDIR.value, _TASK.value, _PATH.value)
 
 
 if __name__ == "__main__":

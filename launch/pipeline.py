@@ -5,14 +5,14 @@
 
 Writes DIR/{simsiam,cluster,sdr,sdr/route/<task>,baseline}/ and DIR/summary.{txt,json}; run the
 same command again to resume an interrupted run (finished stages are skipped). See
-sdr_jax/pipeline.py.
+sdr_jax/jobs/pipeline.py.
 """
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdr_jax import launch_utils
+from sdr_jax.jobs import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file.",
                                           lock_config=True)
@@ -25,9 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    launch_utils.init_distributed()
-    from sdr_jax.pipeline import run
-    launch_utils.run_or_fail(run, _CONFIG.value, _WORKDIR.value, until=_UNTIL.value)
+    cli.init_distributed()
+    from sdr_jax.jobs.pipeline import run
+    cli.run_or_fail(run, _CONFIG.value, _WORKDIR.value, until=_UNTIL.value)
 
 
 if __name__ == "__main__":

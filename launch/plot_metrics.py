@@ -6,7 +6,7 @@ import sys
 
 from absl import app, flags
 
-from sdr_jax import launch_utils
+from sdr_jax.jobs import cli
 from sdr_jax.train import reporting
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run.", required=True)
@@ -19,7 +19,7 @@ def main(argv):
     try:
         keys = reporting.plot_metrics(_WORKDIR.value, out)
     except FileNotFoundError as e:
-        launch_utils.fail(str(e))
+        cli.fail(str(e))
     print(f"wrote {out}: {', '.join(keys)}")
 
 

@@ -4,7 +4,7 @@
   python launch/route.py --task=mnist --workdir=runs/sdr [--out=DIR] [--config.bn=running]
 
 Writes <out or workdir>/route/<task>/{ranking.txt, ranking.json, accuracy_hist.png,
-best_subnet/}; load the sub-net with `sdr_jax.route.load_exported(dir)`.
+best_subnet/}; load the sub-net with `sdr_jax.models.export.load_exported(dir)`.
 """
 import os
 import sys
@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from sdr_jax import launch_utils
+from sdr_jax.jobs import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                "route.py")
@@ -27,9 +27,9 @@ flags.mark_flags_as_required(["task", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    launch_utils.init_distributed()
-    from sdr_jax.route import route
-    launch_utils.run_or_fail(route, _CONFIG.value, _WORKDIR.value, _TASK.value, _OUT.value)
+    cli.init_distributed()
+    from sdr_jax.jobs.route import route
+    cli.run_or_fail(route, _CONFIG.value, _WORKDIR.value, _TASK.value, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,30 @@ def small_mosaic_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
     datasets.prepare_mosaic(data_dir, "small", manual_dir=root)
     return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_simsiam_run(small_mosaic_dir, tmp_path_factory):
+    """One finished tiny SimSiam run (`fixtures.tiny_simsiam_config`) for the tests that only
+    read it (copy it before changing anything)."""
+    from sdr_jax.train import pretrain as simsiam
+    from tests import fixtures
+
+    workdir = str(tmp_path_factory.mktemp("shared_run") / "simsiam")
+    simsiam.train_and_evaluate(fixtures.tiny_simsiam_config(small_mosaic_dir), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_mosaic(tmp_path_factory):
+    """(source root, distinct images per domain, data_dir) of mosaic built with
+    `fixtures.tiny_mosaic_config()` from 4 fake images per class: the builder's own tests read
+    it (the training tests use `small_mosaic_dir`)."""
+    from sdr_jax.data import datasets
+    from tests import fixtures
+
+    root = tmp_path_factory.mktemp("tiny_sources")
+    counts = fixtures.make_source_tree(root, n_per_class=4)
+    data_dir = tmp_path_factory.mktemp("tiny_tfds")
+    datasets.prepare_mosaic(data_dir, fixtures.tiny_mosaic_config(), manual_dir=root)
+    return root, counts, data_dir

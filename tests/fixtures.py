@@ -135,6 +135,24 @@ def _write_clipart(root: pathlib.Path, n_per_class: int, rng: np.random.Generato
     (root / second / 'link.png').symlink_to(root / first / f'{first}_0.png')
 
 
+def tiny_mosaic_config():
+    """A mosaic config with small caps, so that some fixture domains hit them and others do not
+    (`make_source_tree(n_per_class=4)`: the session fixture `tiny_mosaic` of conftest.py)."""
+    from sdr_jax.data import mosaic
+    return mosaic.MosaicConfig(name='tiny', pool_per_domain=30, train_per_task=15,
+                               test_per_task=10)
+
+
+def tiny_simsiam_config(data_dir: str):
+    """`configs/simsiam_mosaic.py:tiny` on a test data_dir: 6 steps, checkpoints at 3 and 6, no
+    kNN monitor (the shared `tiny_simsiam_run` of conftest.py)."""
+    from sdr_jax.config_base import load_config_file
+    config = load_config_file('configs/simsiam_mosaic.py:tiny').unlock()
+    config.data.data_dir = data_dir
+    config.eval.knn_tasks = ()
+    return config.lock()
+
+
 # ---------------------------------------------------------------------------------------------
 # An image folder for folder datasets (sdr_jax/data/folder.py).
 

@@ -5,15 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.cluster.assignments import Assignments, AssignmentsError
-from sdr_jax.cluster.summary import nmi, purity, summarize
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.data.assignments import Assignments, AssignmentsError
+from sdr_jax.jobs.cluster.summary import nmi, purity, summarize
 
 
 def index_to_path(index, num_groups, num_blocks):
     """Reference path arithmetic of the project convention (block 0 least significant).
 
-    Swap for sdr_jax.paths.PathSpec's index_to_path once it lands."""
+    Swap for sdr_jax.core.paths.PathSpec's index_to_path once it lands."""
     return np.stack([(index // num_groups**l) % num_groups for l in range(num_blocks)], axis=-1)
 
 

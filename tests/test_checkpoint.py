@@ -13,23 +13,18 @@ import jax
 import numpy as np
 import pytest
 
-from configs import sdr_mosaic, simsiam_mosaic
-from sdr_jax.errors import CheckpointError, SDRError
-from sdr_jax.train import checkpoint, simsiam
+from configs import sdr_mosaic
+from sdr_jax.core.errors import CheckpointError, SDRError
+from sdr_jax.train import checkpoint, pretrain as simsiam
+from tests.fixtures import tiny_simsiam_config
 
 
-def tiny_config(data_dir):
-    config = simsiam_mosaic.get_config("tiny").unlock()  # checkpoints at steps 3 and 6
-    config.data.data_dir = data_dir
-    config.eval.knn_tasks = ()
-    return config.lock()
+tiny_config = tiny_simsiam_config  # checkpoints at steps 3 and 6
 
 
 @pytest.fixture(scope="module")
-def finished_run(small_mosaic_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run") / "simsiam")
-    simsiam.train_and_evaluate(tiny_config(small_mosaic_dir), workdir)
-    return workdir
+def finished_run(tiny_simsiam_run):
+    return tiny_simsiam_run  # read only: the tests damage copies
 
 
 def truncate_data(step_dir):
@@ -45,6 +40,7 @@ def leaves(variables):
     return jax.tree.leaves(variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [truncate_data, delete_metadata])
 def test_readers_fall_back_to_the_previous_intact_checkpoint(finished_run, tmp_path, capsys,
                                                              damage):
@@ -61,6 +57,7 @@ def test_readers_fall_back_to_the_previous_intact_checkpoint(finished_run, tmp_p
     assert "step 6:" in warning[0] and "using step 3" in warning[0]
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_intact_one_and_redoes_the_damaged_steps(
         finished_run, small_mosaic_dir, tmp_path, capsys):
     workdir = str(tmp_path / "copy")
@@ -75,6 +72,7 @@ def test_training_resumes_from_the_intact_one_and_redoes_the_damaged_steps(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_no_intact_checkpoint_is_one_error(finished_run, tmp_path):
     workdir = str(tmp_path / "copy")
     shutil.copytree(finished_run, workdir)

@@ -9,12 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.cluster import job
-from sdr_jax.cluster.features import FeatureStore, FeatureWriter
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.jobs.cluster import job
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.data import datasets
-from sdr_jax.errors import CheckpointError, ConfigError
-from sdr_jax.train import simsiam
+from sdr_jax.core.errors import CheckpointError, ConfigError
+from sdr_jax.train import pretrain as simsiam
+
+pytestmark = pytest.mark.slow  # every test here runs a tiny run or a notebook
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,13 +32,12 @@ def load_config(name, arg="tiny", **overrides):
     return config.lock()
 
 
+PRETRAIN_STEPS = 6  # the shared tiny SimSiam run's
+
+
 @pytest.fixture(scope="module")
-def pretrain_run(small_mosaic_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("simsiam"))
-    config = load_config("simsiam_mosaic.py", **{"data.data_dir": small_mosaic_dir,
-                                                 "train.num_steps": 2, "eval.knn_tasks": ()})
-    simsiam.train_and_evaluate(config, workdir)
-    return workdir
+def pretrain_run(tiny_simsiam_run):
+    return tiny_simsiam_run  # read only
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +61,12 @@ def test_assignments_cover_the_pool_once_with_provenance(finished_job, pretrain_
     assert len(a.ids) == len(ids) == len(np.unique(a.ids))
     assert np.array_equal(np.unique(a.leaves), np.arange(16))
     assert a.provenance["checkpoint"] == os.path.abspath(pretrain_run)
-    assert a.provenance["step"] == 2
+    assert a.provenance["step"] == PRETRAIN_STEPS
     assert (a.provenance["dataset"], a.provenance["split"]) == ("mosaic/small", "pool")
     assert a.provenance["config"]["sdr_config"] == "configs/sdr_mosaic.py:tiny"
     assert a.provenance["cluster_config"]["epochs"] == 2
     store = FeatureStore(os.path.join(workdir, "features"))
-    assert store.metadata["step"] == 2 and np.array_equal(store.ids, a.ids)
+    assert store.metadata["step"] == PRETRAIN_STEPS and np.array_equal(store.ids, a.ids)
     _, feats = store.load_all()
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
     assert sum(result["sizes"]["1"]) == len(ids) and len(result["sizes"]["4"]) == 16
@@ -95,7 +96,8 @@ def test_features_match_extract_features(finished_job, pretrain_run, small_mosai
 
     from sdr_jax import models
     from sdr_jax.eval import features as features_lib
-    from sdr_jax.train import checkpoint, mesh as mesh_lib
+    from sdr_jax.train import checkpoint
+    from sdr_jax.core import mesh as mesh_lib
 
     config, variables, _ = checkpoint.load_run(pretrain_run)
     model = models.build_model(config.model)

@@ -6,16 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from sdr_jax.cluster import clustering
-from sdr_jax.cluster.clustering import ClusterConfig, EmptyClusterError, fit
-from sdr_jax.cluster.features import FeatureStore, FeatureWriter
-from sdr_jax.cluster.summary import nmi
+from sdr_jax.jobs.cluster.clustering import ClusterConfig, EmptyClusterError, fit
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
+from sdr_jax.jobs.cluster.summary import nmi
 
 
 def index_to_path(index, num_groups, num_blocks):
     """Reference path arithmetic of the project convention (block 0 least significant).
 
-    Swap for sdr_jax.paths.PathSpec's index_to_path once it lands."""
+    Swap for sdr_jax.core.paths.PathSpec's index_to_path once it lands."""
     return np.stack([(index // num_groups**l) % num_groups for l in range(num_blocks)], axis=-1)
 
 
@@ -135,6 +134,6 @@ def test_bad_inputs_are_rejected_clearly(tmp_path):
 
 
 def test_config_dict_round_trip():
-    config = clustering.get_config()
+    config = ClusterConfig().to_config()
     config.epochs = 7
     assert ClusterConfig.from_mapping(config) == ClusterConfig(epochs=7)

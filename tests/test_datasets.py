@@ -12,21 +12,17 @@ from sdr_jax.data import datasets, mosaic, sources
 from tests import fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = mosaic.MosaicConfig(name='tiny', pool_per_domain=30, train_per_task=15, test_per_task=10)
+TINY = fixtures.tiny_mosaic_config()
 
 
 @pytest.fixture(scope='module')
-def source_tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp('sources')
-    fixtures.make_source_tree(root, n_per_class=3)
-    return root
+def source_tree(tiny_mosaic):
+    return tiny_mosaic[0]
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory, source_tree):
-    data_dir = tmp_path_factory.mktemp('data')
-    datasets.prepare_mosaic(data_dir, TINY, manual_dir=source_tree)
-    return data_dir
+def data_dir(tiny_mosaic):
+    return tiny_mosaic[2]  # built with TINY from source_tree, once per session
 
 
 @pytest.fixture
@@ -128,6 +124,7 @@ def _run_cli(*args, env=None):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_builds_and_draws_grid(tmp_path, source_tree):
     grid = tmp_path / 'grid.png'
     result = _run_cli('--config=small', f'--data_dir={tmp_path / "data"}',
@@ -140,6 +137,7 @@ def test_cli_builds_and_draws_grid(tmp_path, source_tree):
     assert grid.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(tmp_path):
     manual = tmp_path / 'sources'
     fixtures.make_source_tree(manual, n_per_class=1)

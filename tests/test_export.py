@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models_testlib import images, random_variables, tiny_config
-from sdr_jax import paths
+from sdr_jax.core import paths
 from sdr_jax.models import build_model, model_config, path_spec, sdr_layout
 from sdr_jax.models.export import export_subnet, recalibrate_bn
 
@@ -23,7 +23,7 @@ def _check_export(cfg, paths_to_check, size=16):
     x = images(4, size)
     variables = random_variables(model, x, path_spec(cfg).full_path())
     masked = jax.jit(lambda v, x, p: model.apply(v, x, p, False))
-    last = sdr_layout(cfg).layout(3, 64 * model.block_cls.expansion)
+    last = sdr_layout(cfg).layout(3, 64 * model.backbone.block_cls.expansion)
     for path in paths_to_check:
         want = masked(variables, x, jnp.asarray(path))
         compact, compact_vars = export_subnet(cfg, variables, path)
@@ -117,6 +117,7 @@ def test_recalibration_pools_batches_exactly():
         recalibrate_bn(model, variables, path, [])
 
 
+@pytest.mark.slow
 def test_inspect_cli_runs_on_the_tiny_config():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     out = subprocess.run([sys.executable, "launch/describe.py", "--config=configs/sdr256.py:tiny"],

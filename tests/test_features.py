@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from sdr_jax.cluster.features import FeatureStore, FeatureStoreError, FeatureWriter
+from sdr_jax.core import io
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureStoreError, FeatureWriter
 
 
 def _data(n=103, dim=6, seed=0):
@@ -24,7 +25,8 @@ def test_round_trip_across_shards(tmp_path):
     _write(tmp_path / "store", ids, feats, metadata={"checkpoint": "ckpt/7"})
     store = FeatureStore(tmp_path / "store", expected_dim=6)
     assert store.shape == (103, 6) and store.metadata == {"checkpoint": "ckpt/7"}
-    assert [len(i) for i, _ in store.iter_shards()] == [40, 40, 23]
+    index = io.read_json(tmp_path / "store" / "index.json")
+    assert [shard["count"] for shard in index["shards"]] == [40, 40, 23]
     np.testing.assert_array_equal(store.ids, ids)
     all_ids, all_feats = store.load_all()
     np.testing.assert_array_equal(all_ids, ids)

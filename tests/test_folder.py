@@ -187,6 +187,7 @@ def _run(script, *args):
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_builds_table_and_grid_and_errors_in_one_line(image_folder, tmp_path):
     root, want = image_folder
     args = ('--dataset=folder', f'--source={root}', f'--name={NAME}', f'--data_dir={tmp_path}')
@@ -207,10 +208,11 @@ def test_cli_builds_table_and_grid_and_errors_in_one_line(image_folder, tmp_path
     assert len(datasets.open_source(NAME, 'pool', tmp_path)) == want['pool']
 
 
+@pytest.mark.slow
 def test_pool_trains_and_task_routes_and_evaluates_end_to_end(built, tmp_path):
     """A tiny SDRnet trained (SimSiam) on the folder pool with a kNN monitor on the folder task,
     then routed and evaluated on it by the launch scripts, by name only."""
-    from sdr_jax.train import simsiam
+    from sdr_jax.train import pretrain as simsiam
 
     data_dir, _ = built
     config = simsiam_mosaic.get_config('tiny').unlock()

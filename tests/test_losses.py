@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdr_jax.losses import collapse_std, negative_cosine, simsiam_loss
+from sdr_jax.methods import collapse_std, negative_cosine
+from sdr_jax.methods.simsiam import simsiam_loss
 
 
 def test_negative_cosine_hand_made():

@@ -7,15 +7,14 @@ import pytest
 from sdr_jax.data import datasets, mosaic, sources
 from tests import fixtures
 
-N_PER_CLASS = 4
 # Small caps so that some domains hit them and others do not.
-TINY = mosaic.MosaicConfig(name='tiny', pool_per_domain=30, train_per_task=15, test_per_task=10)
+TINY = fixtures.tiny_mosaic_config()
 
 
 @pytest.fixture(scope='module')
-def source_tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp('sources')
-    return root, fixtures.make_source_tree(root, n_per_class=N_PER_CLASS)
+def source_tree(tiny_mosaic):
+    root, counts, _ = tiny_mosaic
+    return root, counts
 
 
 def _read_all(builder) -> dict[str, list[dict]]:
@@ -33,8 +32,9 @@ def _build(tmp_path_factory, source_tree):
 
 
 @pytest.fixture(scope='module')
-def built(tmp_path_factory, source_tree):
-    return _build(tmp_path_factory, source_tree)
+def built(tiny_mosaic):
+    root, _, data_dir = tiny_mosaic  # built once per session; read here
+    return _read_all(datasets.prepare_mosaic(data_dir, TINY, manual_dir=root))
 
 
 def _hash(example) -> str:

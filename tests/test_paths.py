@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdr_jax import paths
-from sdr_jax.paths import ALL, ChannelLayout, PathSpec
+from sdr_jax.core import paths
+from sdr_jax.core.paths import ALL, ChannelLayout, PathSpec
 
 
 @pytest.mark.parametrize("blocks,groups", [(4, 4), (3, 2), (1, 3)])
@@ -60,6 +60,25 @@ def test_parent_leaves_prefix_suffix():
     np.testing.assert_array_equal(spec.paths_with_suffix([1, 1]), [[0, 1, 1], [1, 1, 1]])
     with pytest.raises(ValueError, match="prefix/suffix"):
         spec.paths_with_prefix([2])
+
+
+def test_prefix_tree_and_suffix_tree_node_order():
+    spec = PathSpec(3, 2)
+    np.testing.assert_array_equal(spec.prefix_nodes(0), [[ALL, ALL, ALL]])
+    np.testing.assert_array_equal(spec.prefix_nodes(2), [[0, 0, ALL], [0, 1, ALL], [1, 0, ALL],
+                                                         [1, 1, ALL]])
+    for depth in range(3):  # the children of prefix node i are nodes i*G .. i*G+G-1
+        parents, children = spec.prefix_nodes(depth), spec.prefix_nodes(depth + 1)
+        np.testing.assert_array_equal(children[:, :depth], np.repeat(parents[:, :depth], 2, 0))
+    assert sorted(spec.path_to_index(spec.prefix_nodes(3))) == list(range(8))
+    with pytest.raises(ValueError, match="depth"):
+        spec.prefix_nodes(4)
+    # Suffix tree (clustering's): a stage path's node holds the leaves under it, contiguously.
+    for path in np.concatenate([spec.stage_paths(s) for s in range(4)]):
+        depth, node = spec.suffix_node(path)
+        assert depth == spec.stage_of(path)
+        np.testing.assert_array_equal(np.flatnonzero(spec.suffix_node_of_leaf(np.arange(8), depth)
+                                                     == node), np.sort(spec.leaves(path)))
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -9,10 +9,10 @@ import pytest
 from models_testlib import tiny_config
 from sdr_jax.config_base import load_config_file
 from sdr_jax.data import tasks
-from sdr_jax.errors import ConfigError
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.models import build_model, export, path_spec
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train.state import init_variables
 from test_eval import reference_knn
 

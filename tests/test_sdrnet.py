@@ -6,8 +6,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from models_testlib import images, random_variables, tiny_config
-from sdr_jax import paths
-from sdr_jax.losses import simsiam_loss
+from sdr_jax.core import paths
+from sdr_jax.methods.simsiam import simsiam_loss
 from sdr_jax.models import build_model, path_spec, sdr_layout
 
 CFG = tiny_config(num_groups=2)

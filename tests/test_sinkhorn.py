@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sdr_jax.cluster.sinkhorn import sinkhorn
+from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
 
 
 def numpy_sinkhorn(scores, epsilon, num_iters, segment_ids=None):

@@ -132,6 +132,7 @@ def _installed(roots: sources.SourceRoots) -> bool:
         roots.openclipart))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _installed(sources.SourceRoots.installed()),
                     reason='the real sources are not installed (make sources)')
 def test_real_sources_read(tmp_path):

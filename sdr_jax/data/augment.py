@@ -12,8 +12,11 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageFilter
 
-# Images at least this large get MoCo-v2's blur; small images get none (DESIGN.md §2.1).
-_BLUR_MIN_IMAGE_SIZE = 96  # (our choice) between CIFAR-size (32) and STL-size (96+)
+from sdr_jax import config_base
+from sdr_jax.core.errors import ConfigError
+
+# The recipe's fields are config data (sdr_jax/config_base.py); its checks and ops live here.
+default_aug_config = config_base.default_aug_config
 
 _INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -21,49 +24,30 @@ _INTERPOLATIONS = {
 }
 
 
-def default_aug_config(image_size: int = 32) -> ml_collections.ConfigDict:
-    """The MoCo-v2 / SimSiam recipe for `image_size` x `image_size` outputs."""
-    return ml_collections.ConfigDict({
-        "image_size": image_size,
-        "crop_scale": (0.2, 1.0),
-        "crop_ratio": (3 / 4, 4 / 3),
-        "interpolation": "bilinear",
-        "flip_prob": 0.5,
-        "jitter_prob": 0.8,
-        "brightness": 0.4,
-        "contrast": 0.4,
-        "saturation": 0.4,
-        "hue": 0.1,
-        "grayscale_prob": 0.2,
-        "blur_prob": 0.5 if image_size >= _BLUR_MIN_IMAGE_SIZE else 0.0,
-        "blur_sigma": (0.1, 2.0),
-    }).lock()
-
-
 def validate_aug_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field of an augmentation config."""
     if int(cfg.image_size) < 1:
-        raise ValueError(f"aug image_size must be >= 1, got {cfg.image_size}.")
+        raise ConfigError(f"aug image_size must be >= 1, got {cfg.image_size}.")
     lo, hi = cfg.crop_scale
     if not 0 < lo <= hi <= 1:
-        raise ValueError(f"aug crop_scale must satisfy 0 < lo <= hi <= 1, got {cfg.crop_scale}.")
+        raise ConfigError(f"aug crop_scale must satisfy 0 < lo <= hi <= 1, got {cfg.crop_scale}.")
     lo, hi = cfg.crop_ratio
     if not 0 < lo <= hi:
-        raise ValueError(f"aug crop_ratio must satisfy 0 < lo <= hi, got {cfg.crop_ratio}.")
+        raise ConfigError(f"aug crop_ratio must satisfy 0 < lo <= hi, got {cfg.crop_ratio}.")
     if cfg.interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"aug interpolation must be one of {sorted(_INTERPOLATIONS)}, "
-                         f"got {cfg.interpolation!r}.")
+        raise ConfigError(f"aug interpolation must be one of {sorted(_INTERPOLATIONS)}, "
+                          f"got {cfg.interpolation!r}.")
     for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
         if not 0 <= cfg[name] <= 1:
-            raise ValueError(f"aug {name} must be a probability in [0, 1], got {cfg[name]}.")
+            raise ConfigError(f"aug {name} must be a probability in [0, 1], got {cfg[name]}.")
     for name in ("brightness", "contrast", "saturation"):
         if cfg[name] < 0:
-            raise ValueError(f"aug {name} must be >= 0, got {cfg[name]}.")
+            raise ConfigError(f"aug {name} must be >= 0, got {cfg[name]}.")
     if not 0 <= cfg.hue <= 0.5:
-        raise ValueError(f"aug hue must be in [0, 0.5], got {cfg.hue}.")
+        raise ConfigError(f"aug hue must be in [0, 0.5], got {cfg.hue}.")
     lo, hi = cfg.blur_sigma
     if not 0 < lo <= hi:
-        raise ValueError(f"aug blur_sigma must satisfy 0 < lo <= hi, got {cfg.blur_sigma}.")
+        raise ConfigError(f"aug blur_sigma must satisfy 0 < lo <= hi, got {cfg.blur_sigma}.")
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sdr_jax.data import folder, mosaic
+from sdr_jax.data.records import iter_records
 from sdr_jax.data.sources import DataError, SourceMissingError
 
 MOSAIC = 'mosaic'
@@ -220,9 +221,8 @@ def mosaic_sizes(builder: mosaic.Mosaic) -> list[DomainSizes]:
     splits = builder.info.splits
     pool = builder.as_data_source(split=mosaic.POOL_SPLIT)
     pool_domains = np.zeros(len(mosaic.DOMAINS), np.int64)
-    for start in range(0, len(pool), 4096):
-        records = pool.__getitems__(list(range(start, min(start + 4096, len(pool)))))
-        pool_domains += np.bincount([r['domain'] for r in records], minlength=len(pool_domains))
+    pool_domains += np.bincount([r['domain'] for r in iter_records(pool, 4096)],
+                                minlength=len(pool_domains))
     return [DomainSizes(domain.name, len(domain.class_names), int(pool_domains[index]),
                         splits[mosaic.train_split(domain.name)].num_examples,
                         splits[mosaic.test_split(domain.name)].num_examples)

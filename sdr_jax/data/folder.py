@@ -51,6 +51,7 @@ from tensorflow_datasets.core.utils import file_utils
 from tqdm import tqdm
 
 from sdr_jax.data import augment, sources
+from sdr_jax.data.records import iter_records
 from sdr_jax.data.sources import DataError
 
 DATASET_VERSION = '1.0.0'
@@ -512,11 +513,10 @@ def sample_rows(builder: tfds.core.DatasetBuilder, columns: int, max_rows: int =
     label_names = builder.info.metadata[METADATA_KEY]['pool_label_names'][:max_rows]
     rows: dict[int, list] = {label: [] for label in range(len(label_names))}
     pool = builder.as_data_source(split=POOL_SPLIT)
-    for start in range(0, len(pool), _CHUNK):
-        for record in pool.__getitems__(list(range(start, min(start + _CHUNK, len(pool))))):
-            row = rows.get(int(record['label']))
-            if row is not None and len(row) < columns:
-                row.append((record['image'], ''))
-        if all(len(row) == columns for row in rows.values()):
-            break
+    for record in iter_records(pool, _CHUNK):
+        row = rows.get(int(record['label']))
+        if row is not None and len(row) < columns:
+            row.append((record['image'], ''))
+            if all(len(row) == columns for row in rows.values()):
+                break
     return [(name, rows[label]) for label, name in enumerate(label_names)]

@@ -15,23 +15,18 @@ import grain
 import ml_collections
 import numpy as np
 
-from sdr_jax.cluster.assignments import Assignments
+from sdr_jax.data.assignments import Assignments
 from sdr_jax.data import augment as augment_lib
-from sdr_jax.data import pipeline
-from sdr_jax.errors import ConfigError
-from sdr_jax.progressive import ProgressiveSchedule
+from sdr_jax.data import input_pipeline
+from sdr_jax.data.records import iter_records
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.core.progressive import ProgressiveSchedule
 
 
 def record_ids(source) -> np.ndarray:
     """The example id of every record of `source`, in record order (ArrayRecord order is
     shuffled, the clustering keys on ids)."""
-    ids = np.empty(len(source), np.int64)
-    for start in range(0, len(source), 1024):
-        chunk = list(range(start, min(start + 1024, len(source))))
-        records = source.__getitems__(chunk) if hasattr(source, "__getitems__") else \
-            [source[i] for i in chunk]
-        ids[start:start + len(records)] = [r["id"] for r in records]
-    return ids
+    return np.fromiter((r["id"] for r in iter_records(source)), np.int64, count=len(source))
 
 
 class SDRBatches:
@@ -149,7 +144,7 @@ def sdr_dataset(batches: SDRBatches, first_step: int, num_steps: int, num_worker
                 ) -> grain.IterDataset:
     """Steps first_step..num_steps of `batches` as a grain iterator (worker processes build
     whole steps; order and content do not depend on the number of workers)."""
-    pipeline.allow_unparsed_absl_flags()
+    input_pipeline.allow_unparsed_absl_flags()
     ds = grain.MapDataset.range(first_step, num_steps + 1).map(batches.__getitem__)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
     if num_workers > 0:

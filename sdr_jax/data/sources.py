@@ -24,7 +24,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from sdr_jax.errors import SDRError
+from sdr_jax.core.errors import SDRError
 
 IMAGE_SIZE = 32
 # Larger PNGs are skipped (20 clipart posters of 4-600 Mpixel: slow to decode, no use at 32x32).

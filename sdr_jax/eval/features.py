@@ -8,9 +8,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sdr_jax.data import pipeline
+from sdr_jax.data import input_pipeline
 from sdr_jax.eval.knn import knn_accuracy
-from sdr_jax.train.mesh import batch_sharded, shard_batch
+from sdr_jax.core.mesh import batch_sharded, shard_batch
 
 FeatureFn = Callable[[jax.Array], jax.Array]
 
@@ -32,7 +32,7 @@ def iter_features(feature_fn: FeatureFn, source, *, batch_size: int, image_size:
         source = Prefix(source, max_examples)
     local_batch = batch_size // jax.process_count()
     pending = None
-    for batch in pipeline.eval_batches(source, batch_size=local_batch, image_size=image_size,
+    for batch in input_pipeline.eval_batches(source, batch_size=local_batch, image_size=image_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
         out = feature_fn(shard_batch({"image": batch["image"]}, mesh)["image"])

@@ -45,9 +45,9 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from sdr_jax.data import pipeline as data_pipeline
+from sdr_jax.data import input_pipeline as data_pipeline
 from sdr_jax.data import tasks as tasks_lib
-from sdr_jax.errors import ConfigError
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import features as features_lib
 from sdr_jax.eval.knn import knn_predict
 from sdr_jax.eval.linear import linear_probe_accuracy

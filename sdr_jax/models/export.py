@@ -1,16 +1,35 @@
-"""Sub-net export (compact narrower ResNet) and BN recalibration of one path."""
+"""A path's deployed sub-net: BN recalibration, compact export, its files, its cost.
+
+Everything here works through the backbone interface (models/backbones/base.py): a backbone
+exports its own compact sub-net; the heads' input rows follow the feature channels it keeps.
+
+An exported sub-net is a directory with `model.json` (the network's fields, the backbone's under
+"backbone", and the caller's "meta") and `variables.npz`:
+
+    model, variables = sdr_jax.models.export.load_exported(".../route/<task>/best_subnet")
+    feature = model.apply(variables, images_uint8_nhwc, None, False)["feature"]
+"""
 from __future__ import annotations
 
-from typing import Any, Iterable
+import os
+from typing import Any, Iterable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from sdr_jax import paths
-from sdr_jax.models import build_model, path_spec, resnet, sdr_layout
+from sdr_jax.core import io
+from sdr_jax.core.errors import CheckpointError
+from sdr_jax.models import backbones, build_model, path_spec
+from sdr_jax.models.backbones.base import SHARED_FIELDS, plain
 from sdr_jax.models.simsiam import SimSiam
 
 Variables = dict[str, Any]
+EXPORT_DIR = "best_subnet"
+MODEL_FILE, VARIABLES_FILE = "model.json", "variables.npz"
+# Files written before backbones were plug-ins hold these ResNet fields beside the heads'.
+_LEGACY_RESNET_FIELDS = ("stage_sizes", "block_cls", "width", "stage_widths", "stem_kind",
+                         "identity_select")
 
 
 def recalibrate_bn(model: SimSiam, variables: Variables, path: Any, batches: Iterable[Any]) -> Variables:
@@ -22,7 +41,7 @@ def recalibrate_bn(model: SimSiam, variables: Variables, path: Any, batches: Ite
     statistics); the result pools the per-batch mean and variance weighted by
     batch size. Channels the path does not use keep their statistics exactly.
     """
-    probe = model.clone(bn_momentum=0.0, bn_axis_name=None)  # momentum 0: stats = the batch's
+    probe = stats_probe(model)
 
     @jax.jit
     def batch_stats(variables, images, path):
@@ -36,6 +55,12 @@ def recalibrate_bn(model: SimSiam, variables: Variables, path: Any, batches: Ite
     if not per_batch:
         raise ValueError("recalibrate_bn needs at least one batch of images.")
     return {**variables, "batch_stats": pool_batch_stats(variables["batch_stats"], per_batch, sizes)}
+
+
+def stats_probe(model: SimSiam) -> SimSiam:
+    """`model` with BN momentum 0 and no collective axis: a train-mode apply writes each BN's
+    statistics of that batch alone (recalibration, here and in routing's prefix tree)."""
+    return model.clone(bn_momentum=0.0, bn_axis_name=None)
 
 
 def pool_batch_stats(old: Any, per_batch: list[Any], sizes: list[int]) -> Any:
@@ -63,67 +88,97 @@ def export_subnet(model_cfg: Any, variables: Variables, path: Any) -> tuple[SimS
     """A plain narrower SimSiam holding only the channels of `path`, with its own variables.
 
     In eval mode its outputs equal the masked SDRnet's on `path`: the feature on
-    the active channels of the last block (the SDRnet has zeros elsewhere), z and p.
+    the active channels of the last stage (the SDRnet has zeros elsewhere), z and p.
     """
     model = build_model(model_cfg)
-    layout = sdr_layout(model_cfg)
     path = path_spec(model_cfg).validate(path)
     if path.ndim != 1:
         raise ValueError(f"export_subnet takes one path, got shape {path.shape}.")
-    stage_sizes, block_cls = model.stage_sizes, model.block_cls
-    filters = resnet.stage_filters(stage_sizes, model.width)
-    layouts = resnet.stage_layouts(filters, block_cls.expansion, layout)
-
-    stage_idx = []  # (inner, outer) active channel indices per stage
-    for s, (f, (inner, outer)) in enumerate(zip(filters, layouts)):
-        if inner is None:
-            stage_idx.append((np.arange(f), np.arange(f * block_cls.expansion)))
-        else:
-            p = int(path[layout.block_of(s)])
-            stage_idx.append((paths.active_channels(inner, p), paths.active_channels(outer, p)))
-
-    stem_width = int(64 * model.width)
-    first_out = stage_idx[0][1]
-    # In the SDRnet an identity shortcut of stage 0 adds the full stem output and
-    # the block mask drops the unused channels: the compact net selects them.
-    identity = filters[0] * block_cls.expansion == stem_width and first_out.size < stem_width
-    compact = model.clone(
-        stage_widths=tuple(inner.size for inner, _ in stage_idx), sdr=None,
-        identity_select=tuple(int(i) for i in first_out) if identity else None)
-
-    params = _plain(variables["params"])
-    stats = _plain(variables["batch_stats"])
-    prev = np.arange(stem_width)
-    for s, (inner, outer) in enumerate(stage_idx):
-        for b in range(stage_sizes[s]):
-            name = ("backbone", f"stages_{s}", f"block_{b}")
-            convs = {"conv1": (prev, inner), "conv2": (inner, outer), "proj_conv": (prev, outer)}
-            if block_cls is resnet.Bottleneck:
-                convs.update(conv2=(inner, inner), conv3=(inner, outer))
-            for conv, (cin, cout) in convs.items():
-                bn = conv.replace("conv", "bn")
-                if conv not in _get(params, name):
-                    continue
-                node = _get(params, name)
-                node[conv]["kernel"] = node[conv]["kernel"][..., cin, :][..., cout]
-                for tree in (params, stats):
-                    bn_node = _get(tree, name)[bn]
-                    for key in bn_node:
-                        bn_node[key] = bn_node[key][cout]
-            prev = outer
+    params, stats = plain(variables["params"]), plain(variables["batch_stats"])
+    compact, backbone_vars, kept = model.backbone.export(
+        {"params": params["backbone"], "batch_stats": stats["backbone"]}, path)
+    params["backbone"], stats["backbone"] = backbone_vars["params"], backbone_vars["batch_stats"]
     dense0 = params["projector"]["dense_0"]
-    dense0["kernel"] = dense0["kernel"][prev]
-    return compact, {"params": params, "batch_stats": stats}
+    dense0["kernel"] = dense0["kernel"][kept]
+    return model.clone(backbone=compact), {"params": params, "batch_stats": stats}
 
 
-def _plain(tree: Any) -> Any:
-    """A mutable nested-dict NumPy copy of a variables tree."""
-    if isinstance(tree, dict) or hasattr(tree, "items"):
-        return {k: _plain(v) for k, v in tree.items()}
-    return np.asarray(tree)
+# -- files of exported sub-nets ------------------------------------------------------------------
+
+def save_exported(directory: str, model: SimSiam, variables: Variables, meta: dict) -> None:
+    """Writes a compact (plain, sdr=None) network as model.json + variables.npz."""
+    if model.sdr is not None:
+        raise ValueError("save_exported takes a compact sub-net (export_subnet), not the SDRnet.")
+    backbone = {"class": type(model.backbone).__name__, **model.backbone.to_fields()}
+    for name in SHARED_FIELDS:
+        backbone.pop(name)  # the network's, below
+    fields = {"backbone": backbone, "proj_dim": model.proj_dim, "proj_layers": model.proj_layers,
+              "pred_dim": model.pred_dim, "dtype": jnp.dtype(model.dtype).name,
+              "bn_momentum": model.bn_momentum}
+    flat = {"/".join(str(getattr(k, "key", k)) for k in keypath): np.asarray(leaf)
+            for keypath, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    io.write_npz(os.path.join(directory, VARIABLES_FILE), flat)
+    io.write_json(os.path.join(directory, MODEL_FILE), {"model": fields, "meta": meta},
+                  indent=2, sort_keys=True)
 
 
-def _get(tree: dict, keys: tuple[str, ...]) -> dict:
-    for key in keys:
-        tree = tree[key]
-    return tree
+def load_exported(directory: str) -> tuple[SimSiam, Variables]:
+    """(model, variables) of a sub-net written by `save_exported` (e.g. route's best_subnet/)."""
+    fields = dict(_read_model_file(directory)["model"])
+    backbone = fields.pop("backbone", None)
+    if backbone is None:  # an older file: ResNet fields beside the heads'
+        backbone = {"class": "ResNet", **{k: fields.pop(k) for k in _LEGACY_RESNET_FIELDS}}
+    backbone = dict(backbone)
+    fields["dtype"] = jnp.dtype(fields["dtype"])
+    cls = backbones.backbone_class(backbone.pop("class"))
+    variables: dict = {}
+    for key, value in io.read_npz(os.path.join(directory, VARIABLES_FILE)).items():
+        node = variables
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return SimSiam(backbone=cls.from_fields(backbone), **fields), variables
+
+
+def exported_meta(directory: str) -> dict:
+    """The `meta` saved with an exported sub-net."""
+    return _read_model_file(directory)["meta"]
+
+
+def _read_model_file(directory: str) -> dict:
+    model_path = os.path.join(directory, MODEL_FILE)
+    if not io.exists(model_path):
+        raise CheckpointError(f"{directory} is not an exported sub-net (no {MODEL_FILE}); run "
+                              "launch/route.py first.")
+    return io.read_json(model_path)
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+def param_count(tree: Any) -> int:
+    """Number of scalars in a (params) tree."""
+    return int(sum(np.size(a) for a in jax.tree.leaves(tree)))
+
+
+def forward_flops(model: SimSiam, variables: Variables, image_size: int, path: Optional[Any], *,
+                  heads: bool = False) -> float:
+    """FLOPs per image of the eval forward on `path` (XLA's cost analysis of the lowered
+    function, batch 1): the backbone feature, or with `heads` the whole network."""
+    path = None if path is None else jnp.asarray(path)
+
+    def forward(variables, images):
+        out = model.apply(variables, images, path, False)
+        return out if heads else out["feature"]
+
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
+    cost = jax.jit(forward).lower(variables, image).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def backbone_cost(model: SimSiam, variables: Variables, image_size: int,
+                  path: Optional[Any]) -> tuple[int, float]:
+    """(backbone parameters, backbone forward FLOPs per image) of `model` on `path`."""
+    return (param_count(variables["params"]["backbone"]),
+            forward_flops(model, variables, image_size, path))

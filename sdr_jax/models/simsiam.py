@@ -1,16 +1,16 @@
-"""SimSiam model: (masked SDR) ResNet backbone + projector + predictor."""
+"""SimSiam model: (masked SDR) backbone + projector + predictor."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdr_jax import paths
+from sdr_jax.core import paths
+from sdr_jax.models.backbones.base import SHARED_FIELDS, Backbone
 from sdr_jax.models.heads import Predictor, Projector
-from sdr_jax.models.resnet import ResNet
 
 # ImageNet mean/std on the 0..255 scale: pipelines ship uint8 images.
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -20,17 +20,13 @@ _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 class SimSiam(nn.Module):
     """Backbone feature, projection z and prediction p for one path.
 
-    The fields are flat (not sub-modules) so a model can be cloned with other
-    widths (export) or BN momentum (recalibration). Heads work on any path:
-    masked channels of the feature are zeros.
+    `backbone` is any `Backbone` (models/backbones/); it becomes the 'backbone' child. The
+    network's dtype and BN settings are the backbone's too: they are copied into it on
+    construction, so `clone(bn_momentum=0.0)` changes both. Heads work on any path: masked
+    channels of the feature are zeros.
     """
 
-    stage_sizes: Sequence[int]
-    block_cls: Any
-    width: float = 1.0
-    stage_widths: Optional[tuple[int, ...]] = None
-    stem_kind: str = "imagenet"
-    sdr: Optional[paths.SDRLayout] = None
+    backbone: Backbone
     proj_dim: int = 2048
     proj_layers: int = 3
     pred_dim: int = 512
@@ -38,14 +34,22 @@ class SimSiam(nn.Module):
     bn_momentum: float = 0.9
     bn_axis_name: Optional[str] = None
     sync_bn: bool = True
-    identity_select: Optional[tuple[int, ...]] = None  # compact exports, see ResNet
     kd_head: bool = False  # SDR: a second predictor for SiamKD distillation (output 'kd')
+
+    def __post_init__(self):
+        shared = {name: getattr(self, name) for name in SHARED_FIELDS}
+        if any(getattr(self.backbone, name) != value for name, value in shared.items()):
+            object.__setattr__(self, "backbone", self.backbone.clone(**shared))
+        super().__post_init__()
+
+    @property
+    def sdr(self) -> Optional[paths.SDRLayout]:
+        """The backbone's SDR layout (None: a plain or compact network)."""
+        return self.backbone.sdr
 
     def setup(self):
         bn = dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_axis_name=self.bn_axis_name,
                   sync_bn=self.sync_bn)
-        self.backbone = ResNet(self.stage_sizes, self.block_cls, self.width, self.stage_widths,
-                               self.stem_kind, self.sdr, **bn, identity_select=self.identity_select)
         self.projector = Projector(self.proj_dim, self.proj_layers, **bn)
         self.predictor = Predictor(self.pred_dim, self.proj_dim, **bn)
         if self.kd_head:

@@ -25,7 +25,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
-from sdr_jax.errors import CheckpointError
+from sdr_jax.core import io
+from sdr_jax.core.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -65,7 +66,7 @@ def workdir_lock(workdir: str) -> Iterator[None]:
                 break
             except FileExistsError:
                 holder = _lock_holder(path)
-                if holder is not None and not is_dead(holder):
+                if holder is not None and not io.is_dead(holder):
                     raise CheckpointError(
                         f"workdir {workdir} is in use by process {holder['pid']} on "
                         f"{holder['host']}; wait for it, or delete {path} if it is gone.") from None
@@ -90,19 +91,6 @@ def _lock_holder(path: str) -> dict | None:
         return None
 
 
-def is_dead(holder: dict) -> bool:
-    """Whether the process {'pid', 'host'} is surely gone (only this host's can be checked)."""
-    if holder.get("host") != socket.gethostname():
-        return False  # another host's pids cannot be checked from here
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def check_workdir_config(workdir: str, config: ConfigDict) -> None:
     """Records `config` in the workdir, or checks it field by field against the recorded one.
 
@@ -124,6 +112,11 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
             f"workdir {workdir} holds a run with another 'model' config "
             f"({_first_difference(recorded.get('model'), current.get('model'))}); "
             f"use a new --workdir or the config that made it.")
+    methods = [m.get("name") if isinstance(m, dict) else m  # a name before methods had fields
+               for m in (recorded.get("method"), current.get("method"))]
+    if methods[0] != methods[1] and resumes:  # another method state: it would not fit either
+        raise CheckpointError(f"workdir {workdir} holds a run of method {methods[0]!r}, not "
+                              f"{methods[1]!r}; use a new --workdir or the config that made it.")
     changes = changed_fields(recorded, current)
     if not changes:
         return
@@ -139,19 +132,15 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
             f"recorded values, a new --workdir, or --config.train.allow_config_change=True to "
             f"continue it with these (recorded in {HISTORY_FILE}).")
     if jax.process_index() == 0:
-        with open(epath.Path(workdir) / HISTORY_FILE, "a") as history:
-            history.write(json.dumps({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "override": bool(trajectory),
-                "changed": {k: {"was": old, "now": new} for k, (old, new) in changes.items()},
-            }) + "\n")
+        io.append_line(epath.Path(workdir) / HISTORY_FILE, json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "override": bool(trajectory),
+            "changed": {k: {"was": old, "now": new} for k, (old, new) in changes.items()},
+        }))
         _write_json(path, current)
 
 
 def _write_json(path: epath.Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    io.write_json(path, value, indent=2, sort_keys=True)
 
 
 def changed_fields(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from sdr_jax.errors import NonFiniteLossError, StoppedBySignal
+from sdr_jax.core.errors import NonFiniteLossError, StoppedBySignal
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import reporting
 from sdr_jax.train.checkpoint import Checkpointer
@@ -87,15 +87,16 @@ class StopOnSignals:
 
 
 def run(*, state: Any, first_step: int, num_steps: int, train_cfg: ConfigDict,
-        step_fn: Callable[[Any, int], tuple[Any, Any]],
+        batches: Iterator, step_fn: Callable[[Any, Any], tuple[Any, Any]],
         data_state: Callable[[], Any],
         checkpointer: Checkpointer, writer: reporting.MetricWriter,
         log_extras: Callable[[int], Mapping[str, float]] = lambda step: {},
         monitor: Callable[[Any, int], Mapping[str, float]] | None = None) -> LoopResult:
     """Runs steps first_step+1..num_steps.
 
-    `step_fn(state, step)` fetches its batch and runs the jitted step, returning the new state and
-    a clu metrics Collection; `data_state()` is the input pipeline's state after the last batch;
+    Step `step` takes the next batch of `batches`: `step_fn(state, batch)` runs the jitted step,
+    returning the new state and a clu metrics Collection; `data_state()` is the input pipeline's
+    state after the last batch taken;
     `monitor(state, step)` (e.g. kNN accuracies) runs every `train_cfg.knn_every` steps.
     """
     is_lead = jax.process_index() == 0
@@ -103,7 +104,7 @@ def run(*, state: Any, first_step: int, num_steps: int, train_cfg: ConfigDict,
     accumulated = None
     with StopOnSignals() as signals:
         for step in range(first_step + 1, num_steps + 1):
-            state, metrics = step_fn(state, step)
+            state, metrics = step_fn(state, next(batches))
             accumulated = metrics if accumulated is None else accumulated.merge(metrics)
             is_last = step == num_steps
             pause = 0 < train_cfg.max_steps_per_run <= step - first_step

@@ -1,9 +1,14 @@
-"""SimSiam's optimiser: SGD with momentum and L2 weight decay, cosine lr, fixed predictor lr."""
+"""The optimiser: SGD with momentum and L2 weight decay (SimSiam) or LARS (BYOL), cosine lr
+with optional linear warm-up, optionally a fixed predictor lr."""
 from __future__ import annotations
 
 import jax
 import optax
 from ml_collections import ConfigDict
+
+from sdr_jax.core.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars")
 
 
 def peak_learning_rate(optim_cfg: ConfigDict) -> float:
@@ -19,20 +24,32 @@ def learning_rate_schedule(optim_cfg: ConfigDict, num_steps: int) -> optax.Sched
     return optax.cosine_decay_schedule(peak, max(num_steps, 1))
 
 
-def _is_predictor(path) -> bool:
-    return any("predictor" in str(getattr(key, "key", key)).lower() for key in path)
-
-
-def make_optimizer(optim_cfg: ConfigDict, num_steps: int
+def make_optimizer(optim_cfg: ConfigDict, num_steps: int,
+                   predictors: tuple[str, ...] = ("predictor",)
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optimiser, backbone lr schedule).
 
-    The predictor keeps the peak lr throughout when `fix_pred_lr` is set (SimSiam §4.2: a
-    decaying predictor lr hurts); everything else follows the cosine schedule.
+    With `fix_pred_lr` the `predictors` (top-level modules of the params, named exactly: the
+    method's, `SSLMethod.predictors`) keep the peak lr throughout (SimSiam §4.2: a decaying
+    predictor lr hurts, the predictor must keep adapting to the latest representations);
+    everything else follows the cosine schedule. That is SimSiam's predictor h only: the SDR
+    SiamKD head (`kd_predictor`) is no part of SimSiam and the SDR sources give it no lr of its
+    own, so it follows the schedule like the backbone and projector.
     """
+    if optim_cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optim.optimizer={optim_cfg.optimizer!r}; choose one of "
+                          f"{', '.join(OPTIMIZERS)}.")
     schedule = learning_rate_schedule(optim_cfg, num_steps)
 
     def sgd(lr):
+        if optim_cfg.optimizer == "lars":
+            # As BYOL (and SimCLR): biases and BN parameters (the 1-D leaves) get neither
+            # weight decay nor the layer-wise trust ratio.
+            def matrices(params):
+                return jax.tree.map(lambda p: p.ndim > 1, params)
+            return optax.lars(lr, weight_decay=optim_cfg.weight_decay,
+                              weight_decay_mask=matrices, trust_ratio_mask=matrices,
+                              momentum=optim_cfg.momentum)
         return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
                            optax.sgd(lr, momentum=optim_cfg.momentum))
 
@@ -40,7 +57,7 @@ def make_optimizer(optim_cfg: ConfigDict, num_steps: int
         return sgd(schedule), schedule
     def labels(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: "predictor" if _is_predictor(path) else "rest", params)
+            lambda path, _: "predictor" if path[0].key in predictors else "rest", params)
 
     tx = optax.multi_transform(
         {"rest": sgd(schedule), "predictor": sgd(peak_learning_rate(optim_cfg))}, labels)

@@ -13,6 +13,8 @@ from typing import Mapping
 
 from etils import epath
 
+from sdr_jax.core import io
+
 
 class MetricWriter:
     """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tb`."""
@@ -64,15 +66,9 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
     """All logged rows of a workdir's metrics.jsonl (later rows win on restarts)."""
-    path = epath.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
     rows = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the half-written last row of a killed run (the writer starts a new line)
+    # io.read_jsonl skips the half-written last row of a killed run (the writer starts a new line)
+    for row in io.read_jsonl(epath.Path(workdir) / "metrics.jsonl"):
         rows.setdefault(row["step"], {}).update(row)
     return [rows[s] for s in sorted(rows)]
 
@@ -143,6 +139,6 @@ def plot_metrics(workdir: str, out: str, prefixes: tuple[str, ...] = ("loss", "c
         ax.set_title(prefix)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    io.write_figure(out, fig, dpi=100)
     plt.close(fig)
     return keys

@@ -1,9 +1,9 @@
 """Data-aware progressive SDR training with SiamKD (DESIGN §2.4-2.5), one SPMD step per stage.
 
-Loss of a step: SimSiam(SDRnet; D0) + mean over sampled paths of
-[SimSiam(sub-net; its subset) + λ · KD(sub-net → SDRnet)], KD being SiamKD (negative cosine of a
-second predictor's output against the stop-gradient SDRnet projection of the same image) or the
-L2 baseline.
+Loss of a step, for the SSL method M of `config.method` (SimSiam, BYOL, ...): M(SDRnet; D0) +
+mean over sampled paths of [M(sub-net; its subset) + λ · KD(sub-net → SDRnet)], KD being SiamKD
+(negative cosine of a second predictor's output against the stop-gradient SDRnet projection of
+the same image) or the L2 baseline, whatever M is (`methods/distill.py`).
 
 Distribution: the D0 batch is split over all devices and its batch norm is synchronised (SyncBN:
 the SDRnet sees one global batch). The sampled paths are split over the devices too — every
@@ -14,15 +14,16 @@ Python loop), so one device computes the same loss and gradients as many.
 
 Running BN statistics are a function of the global batch and the paths, not of their layout:
 they are updated once per step, by the SDRnet's pass over D0 (SyncBN over the global batch;
-view 1's update, then view 2's, as in SimSiam). The sub-net passes normalise with their own
-batch statistics but do not update the shared running ones. Why not: on one device the per-path
-loop would apply one momentum update per path and view in sequence, across devices one averaged
-update, so the effective momentum would depend on the layout (up to 0.7 apart for one step of 8
-paths); a layout-free average of the per-path statistics would be possible but buys nothing,
-since every sub-net's statistics are recalibrated on its task's images before it is evaluated
-(`route`, the evaluation protocol), and the SDRnet's own kNN uses the D0 statistics, which are
-its statistics. Logged metrics are layout-free too: `collapse_std_sdrnet` is the std over the
-global D0 batch; the per-path terms are computed on a path's whole batch, which lies on one device.
+view 1's update, then view 2's, as in SimSiam; the method's state, e.g. BYOL's target network,
+likewise). The sub-net passes normalise with their own batch statistics but do not update the
+shared running ones. Why not: on one device the per-path loop would apply one momentum update
+per path and view in sequence, across devices one averaged update, so the effective momentum
+would depend on the layout (up to 0.7 apart for one step of 8 paths); a layout-free average of
+the per-path statistics would be possible but buys nothing, since every sub-net's statistics are
+recalibrated on its task's images before it is evaluated (`route`, the evaluation protocol), and
+the SDRnet's own kNN uses the D0 statistics, which are its statistics. Logged metrics are
+layout-free too: `collapse_std_sdrnet` is the std over the global D0 batch; the per-path terms
+are computed on a path's whole batch, which lies on one device.
 """
 from __future__ import annotations
 
@@ -32,65 +33,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metrics as clu_metrics
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from sdr_jax import losses, models
-from sdr_jax.cluster import assignments as assignments_lib
+from sdr_jax import methods, models
+from sdr_jax.methods import distill
+from sdr_jax.data import assignments as assignments_lib
 from sdr_jax.data import sdr_batches
-from sdr_jax.errors import ConfigError
-from sdr_jax.progressive import ProgressiveSchedule
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.core.progressive import ProgressiveSchedule
 from sdr_jax.train import checkpoint as checkpoint_lib
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
+from sdr_jax.train import step as step_lib
 from sdr_jax.train import trainer as trainer_lib
-from sdr_jax.train.simsiam import simsiam_forward
 from sdr_jax.train.state import TrainState
 
 DATA_AXIS = mesh_lib.DATA_AXIS
-_AVG = clu_metrics.Average.from_output
-SDRMetrics = clu_metrics.Collection.create(
-    loss=_AVG("loss"), loss_sdrnet=_AVG("loss_sdrnet"), loss_subnet=_AVG("loss_subnet"),
-    loss_kd=_AVG("loss_kd"), collapse_std_sdrnet=_AVG("collapse_std_sdrnet"),
-    collapse_std_subnet=_AVG("collapse_std_subnet"),
-    collapse_std_subnet_min=_AVG("collapse_std_subnet_min"))
-KD_LOSSES = {"siamkd": losses.siamkd_loss, "l2": losses.l2_distill_loss}
+SDRMetrics = step_lib.metrics_collection(
+    "loss_sdrnet", "loss_subnet", "loss_kd", "collapse_std_sdrnet", "collapse_std_subnet",
+    "collapse_std_subnet_min")
 
 
-def sdr_loss(sdrnet_model, subnet_model, params, batch_stats, batch: dict, full_path: jax.Array,
-             *, kd: str, kd_weight: float, with_subnets: bool):
-    """This device's share of the SDR loss; returns (loss, (batch_stats, metric values)).
+def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, state: TrainState,
+             batch: dict, full_path: jax.Array, *, kd: str, kd_weight: float, with_subnets: bool):
+    """This device's share of the SDR loss: (loss, (batch_stats, method_state, metric values)).
 
     Must run under `jax.shard_map` over DATA_AXIS (the BN statistics use it).
     """
-    d0 = {"view1": batch["d0_view1"], "view2": batch["d0_view2"]}
-    loss_sdrnet, batch_stats, z = simsiam_forward(sdrnet_model, params, batch_stats, d0,
-                                                  full_path)
+    loss_sdrnet, batch_stats, method_state, (out1, _) = method.forward(
+        sdrnet_model, params, state.batch_stats, state.method_state, batch["d0_view1"],
+        batch["d0_view2"], full_path)
     values = {"loss_sdrnet": loss_sdrnet,
-              "collapse_std_sdrnet": losses.collapse_std(z, DATA_AXIS)}  # global batch
+              "collapse_std_sdrnet": methods.collapse_std(out1["z"], DATA_AXIS)}  # global batch
     if not with_subnets:
         zero = jnp.zeros((), jnp.float32)
         values.update(loss_subnet=zero, loss_kd=zero, collapse_std_subnet=zero,
                       collapse_std_subnet_min=zero)
-        return loss_sdrnet, (batch_stats, values)
-    kd_fn = KD_LOSSES[kd]
-    teacher_params = jax.lax.stop_gradient(params)
+        return loss_sdrnet, (batch_stats, method_state, _global(values))
 
     def one_path(path, view1, view2):
-        # Train-mode BN (batch statistics); the running-statistics updates are dropped (module
-        # docstring: only the SDRnet's D0 pass updates them, whatever the layout).
-        outs = []
-        for view in (view1, view2):
-            out, _ = subnet_model.apply({"params": params, "batch_stats": batch_stats}, view,
-                                        path, train=True, mutable=["batch_stats"])
-            # The teacher: the SDRnet on the same images (its BN uses this batch; no update).
-            teacher, _ = subnet_model.apply({"params": teacher_params, "batch_stats": batch_stats},
-                                            view, full_path, train=True, mutable=["batch_stats"])
-            outs.append((out, teacher["z"]))
-        (o1, t1), (o2, t2) = outs
-        loss = losses.simsiam_loss(o1["p"], o2["p"], o1["z"], o2["z"])
-        distill = 0.5 * (kd_fn(o1["kd"], t1) + kd_fn(o2["kd"], t2))
-        return loss, distill, losses.collapse_std(o1["z"])
+        # Train-mode BN (batch statistics); the running-statistics updates (the network's and
+        # the method state's) are dropped (module docstring: only the SDRnet's D0 pass updates
+        # them, whatever the layout).
+        loss, _, _, outs = method.forward(subnet_model, params, state.batch_stats,
+                                          state.method_state, view1, view2, path)
+        loss_kd = distill.distill_loss(kd, subnet_model, params, state.batch_stats, outs,
+                                       (view1, view2), full_path)
+        return loss, loss_kd, methods.collapse_std(outs[0]["z"])
 
     # A Python loop over this device's paths (a static count: one on an 8-accelerator host).
     # `lax.scan` here, even with unroll=True, made the step 6x slower on XLA:CPU
@@ -102,33 +91,28 @@ def sdr_loss(sdrnet_model, subnet_model, params, batch_stats, batch: dict, full_
                   collapse_std_subnet=stds.mean(),
                   collapse_std_subnet_min=jax.lax.pmin(jax.lax.stop_gradient(stds).min(),
                                                          DATA_AXIS))
-    return loss_sdrnet + jnp.mean(loss_sub + kd_weight * loss_kd), (batch_stats, values)
+    return (loss_sdrnet + jnp.mean(loss_sub + kd_weight * loss_kd),
+            (batch_stats, method_state, _global(values)))
 
 
-def make_sdr_step(sdrnet_model, subnet_model, tx: optax.GradientTransformation, mesh: Mesh,
-                  full_path: jax.Array, *, kd: str, kd_weight: float, with_subnets: bool):
+def _global(values: dict) -> dict:
+    return {k: jax.lax.pmean(v, DATA_AXIS) for k, v in values.items()}
+
+
+def make_sdr_step(method: methods.SSLMethod, sdrnet_model, subnet_model,
+                  tx: optax.GradientTransformation, mesh: Mesh, full_path: jax.Array, *, kd: str,
+                  kd_weight: float, with_subnets: bool):
     """One jitted SPMD step `(state, global batch) -> (state, metrics)`, state donated.
 
     `sdrnet_model`: built with bn_axis_name=DATA_AXIS (SyncBN); `subnet_model`: the same with
     sync_bn=False (per-path batch statistics). `with_subnets=False` is progressive stage 0.
     """
+    def loss_fn(params, state, batch):
+        return sdr_loss(method, sdrnet_model, subnet_model, params, state, batch, full_path,
+                        kd=kd, kd_weight=kd_weight, with_subnets=with_subnets)
 
-    def step(state: TrainState, batch: dict):
-        def loss_fn(params):
-            loss, aux = sdr_loss(sdrnet_model, subnet_model, params, state.batch_stats, batch,
-                                 full_path, kd=kd, kd_weight=kd_weight, with_subnets=with_subnets)
-            return jax.lax.pmean(loss, DATA_AXIS), aux
-
-        (loss, (batch_stats, values)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
-        values = {k: jax.lax.pmean(v, DATA_AXIS) for k, v in values.items()}
-        return state, SDRMetrics.single_from_model_output(loss=loss, **values)
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0)
+    return step_lib.make_step(loss_fn, tx, mesh, metrics=SDRMetrics,
+                              after_update=trainer_lib.method_update(method))
 
 
 class SDRTrainer(trainer_lib.Trainer):
@@ -142,8 +126,7 @@ class SDRTrainer(trainer_lib.Trainer):
             raise ConfigError("SDR training needs model.sdr.num_groups >= 1 (individual groups).")
         if not config.model.kd_head:
             raise ConfigError("SDR training needs model.kd_head=True (the SiamKD predictor).")
-        if cfg.kd not in KD_LOSSES:
-            raise ConfigError(f"sdr.kd={cfg.kd!r}; choose one of {sorted(KD_LOSSES)}.")
+        distill.check(cfg.kd)
         num_devices = self.mesh.devices.size
         self.paths_per_step = cfg.paths_per_step or num_devices
         if self.paths_per_step % num_devices:
@@ -161,13 +144,14 @@ class SDRTrainer(trainer_lib.Trainer):
                                                sync_bn=False)
 
     def init_state(self) -> TrainState:
-        """A fresh state; with `sdr.init_from`, the SDRnet starts from a SimSiam run's weights.
+        """A fresh state; with `sdr.init_from`, the SDRnet starts from a pre-training run's weights.
 
-        Stage 0 of progressive training trains the SDRnet alone on D0, which is SimSiam on the
-        pool: a finished SimSiam run of the same model size is that stage done already. Every
-        parameter and BN statistic of the run is copied (the SDRnet with all groups is the same
-        network); what SimSiam lacks (the SiamKD predictor) keeps its fresh init, and the
-        optimiser starts afresh.
+        Stage 0 of progressive training trains the SDRnet alone on D0, which is pre-training
+        on the pool: a finished pre-training run (of the same method) of the same model size
+        is that stage done already. Every parameter and BN statistic of the run is copied (the
+        SDRnet with all groups is the same network); what pre-training lacks (the SiamKD
+        predictor) keeps its fresh init, the method state is made afresh from the copied
+        network (BYOL: the target starts as a copy of it) and the optimiser starts afresh.
         """
         state = super().init_state()
         source = self.config.sdr.init_from
@@ -176,11 +160,13 @@ class SDRTrainer(trainer_lib.Trainer):
         _, variables, step = checkpoint_lib.load_run(source)
         params = _graft(state.params, variables["params"], source)
         batch_stats = _graft(state.batch_stats, variables["batch_stats"], source)
-        params, batch_stats = jax.device_put((params, batch_stats),
-                                             mesh_lib.replicated(self.mesh))
+        # The method state starts from the grafted network, as it starts from the initial one.
+        method_state = self.method.init_state({"params": params, "batch_stats": batch_stats})
+        params, batch_stats, method_state = jax.device_put((params, batch_stats, method_state),
+                                                           mesh_lib.replicated(self.mesh))
         if jax.process_index() == 0:
             print(f"SDR: the SDRnet starts from {source} (step {step})", flush=True)
-        return state.replace(params=params, batch_stats=batch_stats)
+        return state.replace(params=params, batch_stats=batch_stats, method_state=method_state)
 
     def make_data(self, first_step: int, data_state: dict | None):
         cfg = self.config
@@ -197,16 +183,16 @@ class SDRTrainer(trainer_lib.Trainer):
     def data_state(self, data_iter) -> dict:
         return {}  # a step's batch is a function of (seed, step): the step is the whole state
 
-    def make_step_fn(self, data_iter):
+    def make_step_fn(self):
         cfg = self.config.sdr
         steps = {with_subnets: make_sdr_step(
-            self.sdrnet_model, self.subnet_model, self.tx, self.mesh, self.full_path, kd=cfg.kd,
-            kd_weight=cfg.kd_weight, with_subnets=with_subnets) for with_subnets in (False, True)}
+            self.method, self.sdrnet_model, self.subnet_model, self.tx, self.mesh,
+            self.full_path, kd=cfg.kd, kd_weight=cfg.kd_weight, with_subnets=with_subnets)
+            for with_subnets in (False, True)}
         self.step_functions = steps  # by stage 0 / later stages (tests count compiles)
 
-        def step_fn(state, step):
-            batch = mesh_lib.shard_batch(next(data_iter), self.mesh)
-            return steps["paths" in batch](state, batch)
+        def step_fn(state, batch):
+            return steps["paths" in batch](state, mesh_lib.shard_batch(batch, self.mesh))
         return step_fn
 
     def log_extras(self, step: int) -> dict[str, float]:

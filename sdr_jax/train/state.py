@@ -16,7 +16,7 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-    rng: jax.Array  # a raw uint32[2] key: per-step randomness is fold_in(rng, step)
+    method_state: Any  # the SSL method's extra state (BYOL: the EMA target network); {} if none
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_size: int, path: jax.Array) -> dict:
@@ -25,11 +25,14 @@ def init_variables(model: nn.Module, rng: jax.Array, image_size: int, path: jax.
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_size: int, path: jax.Array) -> TrainState:
-    """Pure: under `jax.eval_shape` it gives the abstract state that checkpoints restore into."""
-    init_rng, state_rng = jax.random.split(rng)
+                       image_size: int, path: jax.Array, method=None) -> TrainState:
+    """Pure: under `jax.eval_shape` it gives the abstract state that checkpoints restore into.
+
+    `method` (an `sdr_jax.methods.SSLMethod`) makes the method state from the initial variables.
+    """
+    init_rng, _ = jax.random.split(rng)  # the same init as when the state held a second key
     variables = init_variables(model, init_rng, image_size, path)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      rng=state_rng)
+                      method_state={} if method is None else method.init_state(variables))

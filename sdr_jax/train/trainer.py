@@ -1,7 +1,7 @@
-"""What SimSiam and SDR training share: the run's set-up, resume, the loop and final kNN.
+"""What pre-training and SDR training share: the run's set-up, resume, the loop and final kNN.
 
-A method subclasses `Trainer` with its data and step (`make_data`, `make_step_fn`) and calls
-`fit(trainer)`.
+A kind of training subclasses `Trainer` with its data and step (`make_data`, `make_step_fn`)
+and calls `fit(trainer)`; the SSL method (`config.method`) is built here for every kind.
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from sdr_jax import models
+from sdr_jax import methods, models
 from sdr_jax.data import datasets, tasks
-from sdr_jax.errors import ConfigError
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import features as features_lib
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import loop, optim, reporting
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train.state import TrainState, create_train_state
 
 DATA_AXIS = mesh_lib.DATA_AXIS
@@ -70,25 +70,28 @@ class Trainer:
         self.source = datasets.open_source(config.data.dataset, config.data.split,
                                            config.data.data_dir or None, build_if_missing=True)
         self.num_steps = num_train_steps(config, len(self.source))
-        self.tx, self.lr_schedule = optim.make_optimizer(config.optim, self.num_steps)
+        self.method = methods.build(config.method, self.num_steps)
+        self.tx, self.lr_schedule = optim.make_optimizer(config.optim, self.num_steps,
+                                                         self.method.predictors)
 
-    # -- what a method provides -------------------------------------------------------------
+    # -- what a kind of training provides -----------------------------------------------------
     def make_data(self, first_step: int, data_state: dict | None) -> Iterator:
         raise NotImplementedError
 
     def data_state(self, data_iter: Iterator) -> dict:
         raise NotImplementedError
 
-    def make_step_fn(self, data_iter: Iterator) -> Callable[[TrainState, int], tuple[Any, Any]]:
+    def make_step_fn(self) -> Callable[[TrainState, Any], tuple[TrainState, Any]]:
+        """`(state, host batch) -> (state, metrics)`: shards the batch and runs the jitted step."""
         raise NotImplementedError
 
     def log_extras(self, step: int) -> dict[str, float]:
-        return {"lr": float(self.lr_schedule(step - 1))}
+        return {"lr": float(self.lr_schedule(step - 1)), **self.method.log_extras(step)}
 
     # -- shared -------------------------------------------------------------------------------
     def _create_state(self, rng):
         return create_train_state(self.model, self.tx, rng, self.config.data.image_size,
-                                  self.full_path)
+                                  self.full_path, self.method)
 
     def init_state(self) -> TrainState:
         return jax.jit(self._create_state, out_shardings=mesh_lib.replicated(self.mesh))(
@@ -116,6 +119,14 @@ class Trainer:
                                             pool_dataset=self.config.data.dataset,
                                             build_if_missing=True)
         return train, test, task.num_classes
+
+
+def method_update(method: methods.SSLMethod) -> Callable[[TrainState], TrainState]:
+    """The method's state update after an optimiser step, for `step.make_step(after_update=)`."""
+    def update(state: TrainState) -> TrainState:
+        return state.replace(method_state=method.after_update(state.method_state, state.params,
+                                                              state.step))
+    return update
 
 
 def fit(trainer_cls: type[Trainer], config: ConfigDict, workdir: str) -> dict[str, Any]:
@@ -155,7 +166,7 @@ def _fit_locked(trainer: Trainer, abstract_state: Any, config: ConfigDict, workd
     try:
         result = loop.run(
             state=state, first_step=first_step, num_steps=trainer.num_steps,
-            train_cfg=config.train, step_fn=trainer.make_step_fn(data_iter),
+            train_cfg=config.train, batches=data_iter, step_fn=trainer.make_step_fn(),
             checkpointer=checkpointer, writer=writer,
             data_state=lambda: trainer.data_state(data_iter), log_extras=trainer.log_extras,
             monitor=monitor)

@@ -5,8 +5,8 @@ class SDRError(Exception):
     """Base class: a problem with the user's input (config, files, checkpoints, names)."""
 
 
-class ConfigError(SDRError):
-    """A config value that cannot work."""
+class ConfigError(SDRError, ValueError):
+    """A config value that cannot work (a ValueError too: the value is wrong)."""
 
 
 class CheckpointError(SDRError):

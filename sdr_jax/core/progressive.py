@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from sdr_jax.errors import ConfigError
-from sdr_jax.paths import PathSpec
+from sdr_jax.core.errors import ConfigError
+from sdr_jax.core.paths import PathSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests for sdr_jax.data.pipeline on in-memory sources (lists of record dicts)."""
+"""Tests for sdr_jax.data.input_pipeline on in-memory sources (lists of record dicts)."""
 import itertools
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sdr_jax.data import augment
-from sdr_jax.data import pipeline
+from sdr_jax.data import input_pipeline
 
 _ID_OFFSET = 1000  # ids differ from positions, so mixing the two up is caught.
 
@@ -44,7 +44,7 @@ def _identity_aug(size: int = 32):
 
 def test_batch_structure_and_views_belong_to_their_ids():
     source = _source(20)
-    batches = _take(pipeline.pretrain_dataset(source, batch_size=4, seed=0,
+    batches = _take(input_pipeline.pretrain_dataset(source, batch_size=4, seed=0,
                                               aug_cfg=_identity_aug()), 6)
     for batch in batches:
         assert set(batch) == {"view1", "view2", "id", "label"}
@@ -59,7 +59,7 @@ def test_batch_structure_and_views_belong_to_their_ids():
 
 
 def test_two_views_differ_and_image_size_follows_config():
-    batch = _take(pipeline.pretrain_dataset(_source(16), batch_size=8, seed=0,
+    batch = _take(input_pipeline.pretrain_dataset(_source(16), batch_size=8, seed=0,
                                             aug_cfg=augment.default_aug_config(24)), 1)[0]
     assert batch["view1"].shape == (8, 24, 24, 3)
     for row in range(8):
@@ -68,7 +68,7 @@ def test_two_views_differ_and_image_size_follows_config():
 
 def test_same_seed_same_batches_other_seed_other_batches():
     source, cfg = _source(24), augment.default_aug_config(32)
-    make = lambda seed: _take(pipeline.pretrain_dataset(source, batch_size=6, seed=seed,
+    make = lambda seed: _take(input_pipeline.pretrain_dataset(source, batch_size=6, seed=seed,
                                                         aug_cfg=cfg), 5)
     first = make(7)
     _assert_batches_equal(first, make(7))
@@ -79,7 +79,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 def test_epochs_are_reshuffled_permutations():
     source = _source(12)
-    batches = _take(pipeline.pretrain_dataset(source, batch_size=3, seed=0, num_epochs=2,
+    batches = _take(input_pipeline.pretrain_dataset(source, batch_size=3, seed=0, num_epochs=2,
                                               aug_cfg=_identity_aug()), 100)
     ids = np.concatenate([batch["id"] for batch in batches])
     assert len(ids) == 24  # Exactly two epochs, then the iterator ends.
@@ -94,7 +94,7 @@ def test_process_shards_are_disjoint_and_cover_one_epoch(count):
     source = _source(31)
     per_process = []
     for index in range(count):
-        batches = _take(pipeline.pretrain_dataset(
+        batches = _take(input_pipeline.pretrain_dataset(
             source, batch_size=1, seed=0, num_epochs=1, aug_cfg=_identity_aug(),
             process_index=index, process_count=count), 100)
         per_process.append([int(b["id"][0]) for b in batches])
@@ -107,12 +107,12 @@ def test_process_shards_are_disjoint_and_cover_one_epoch(count):
 def test_indices_restrict_the_records():
     source = _source(40)
     indices = np.array([3, 5, 8, 13, 21, 34, 2, 1])
-    batches = _take(pipeline.pretrain_dataset(source, batch_size=4, seed=1, num_epochs=1,
+    batches = _take(input_pipeline.pretrain_dataset(source, batch_size=4, seed=1, num_epochs=1,
                                               aug_cfg=_identity_aug(), indices=indices), 100)
     ids = np.concatenate([batch["id"] for batch in batches])
     assert sorted(ids) == sorted(indices + _ID_OFFSET)
     # Sharding applies to the selected records.
-    halves = [np.concatenate([b["id"] for b in _take(pipeline.pretrain_dataset(
+    halves = [np.concatenate([b["id"] for b in _take(input_pipeline.pretrain_dataset(
         source, batch_size=2, seed=1, num_epochs=1, aug_cfg=_identity_aug(), indices=indices,
         process_index=p, process_count=2), 100)]) for p in range(2)]
     assert not set(halves[0]) & set(halves[1])
@@ -121,38 +121,38 @@ def test_indices_restrict_the_records():
 
 def test_restored_iterator_yields_the_same_next_batch():
     source, cfg = _source(20), augment.default_aug_config(32)
-    make = lambda: pipeline.pretrain_dataset(source, batch_size=4, seed=3, aug_cfg=cfg)
+    make = lambda: input_pipeline.pretrain_dataset(source, batch_size=4, seed=3, aug_cfg=cfg)
     iterator = iter(make())
     for _ in range(7):  # Crosses an epoch boundary (5 batches per epoch).
         next(iterator)
-    state = pipeline.get_iterator_state(iterator)
+    state = input_pipeline.get_iterator_state(iterator)
     assert isinstance(state, bytes) and json.loads(state)
     expected = _take(iterator, 2)
     restored = iter(make())
-    pipeline.set_iterator_state(restored, state)
+    input_pipeline.set_iterator_state(restored, state)
     _assert_batches_equal(_take(restored, 2), expected)
     # A dict state (e.g. from an Orbax JSON item) works too.
     restored = iter(make())
-    pipeline.set_iterator_state(restored, json.loads(state))
+    input_pipeline.set_iterator_state(restored, json.loads(state))
     _assert_batches_equal(_take(restored, 1), expected[:1])
 
 
 def test_two_workers_match_zero_workers_and_restore():
     source, cfg = _source(24), augment.default_aug_config(32)
-    make = lambda workers: pipeline.pretrain_dataset(source, batch_size=4, seed=5,
+    make = lambda workers: input_pipeline.pretrain_dataset(source, batch_size=4, seed=5,
                                                      aug_cfg=cfg, num_workers=workers)
     reference = _take(make(0), 5)
     iterator = iter(make(2))
     try:
         head = [next(iterator) for _ in range(3)]
-        state = pipeline.get_iterator_state(iterator)
+        state = input_pipeline.get_iterator_state(iterator)
         tail = [next(iterator) for _ in range(2)]
     finally:
         iterator.close()
     _assert_batches_equal(head + tail, reference)
     restored = iter(make(2))
     try:
-        pipeline.set_iterator_state(restored, state)
+        input_pipeline.set_iterator_state(restored, state)
         _assert_batches_equal([next(restored)], tail[:1])
     finally:
         restored.close()
@@ -161,21 +161,21 @@ def test_two_workers_match_zero_workers_and_restore():
 def test_pretrain_errors_are_clear():
     source, cfg = _source(10), augment.default_aug_config(32)
     with pytest.raises(ValueError, match="batch_size 8 is larger than this process's shard of 5"):
-        pipeline.pretrain_dataset(source, batch_size=8, seed=0, aug_cfg=cfg, process_count=2)
+        input_pipeline.pretrain_dataset(source, batch_size=8, seed=0, aug_cfg=cfg, process_count=2)
     with pytest.raises(ValueError, match="source is empty"):
-        pipeline.pretrain_dataset([], batch_size=1, seed=0, aug_cfg=cfg)
+        input_pipeline.pretrain_dataset([], batch_size=1, seed=0, aug_cfg=cfg)
     with pytest.raises(ValueError, match=r"indices out of range .* \[10, -1\]"):
-        pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=cfg,
+        input_pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=cfg,
                                   indices=[0, 10, -1])
     with pytest.raises(ValueError, match="1-D integer"):
-        pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=cfg, indices=[0.5])
+        input_pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=cfg, indices=[0.5])
     with pytest.raises(ValueError, match="process_index"):
-        pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=cfg,
+        input_pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=cfg,
                                   process_index=2, process_count=2)
     bad_cfg = augment.default_aug_config(32)
     bad_cfg.grayscale_prob = 2.0
     with pytest.raises(ValueError, match="grayscale_prob"):
-        pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=bad_cfg)
+        input_pipeline.pretrain_dataset(source, batch_size=1, seed=0, aug_cfg=bad_cfg)
 
 
 @pytest.mark.parametrize("count", [1, 2])
@@ -183,7 +183,7 @@ def test_eval_batches_cover_every_example_once_with_mask(count):
     source = _source(23, size=40)
     seen, per_process_batches = [], []
     for index in range(count):
-        batches = list(pipeline.eval_batches(source, batch_size=8, image_size=32,
+        batches = list(input_pipeline.eval_batches(source, batch_size=8, image_size=32,
                                              process_index=index, process_count=count))
         per_process_batches.append(len(batches))
         for batch in batches:
@@ -205,7 +205,7 @@ def test_eval_batches_cover_every_example_once_with_mask(count):
 
 def test_eval_process_without_records_still_yields_padded_batches():
     source = _source(1)
-    batches = [list(pipeline.eval_batches(source, batch_size=4, image_size=32,
+    batches = [list(input_pipeline.eval_batches(source, batch_size=4, image_size=32,
                                           process_index=p, process_count=2)) for p in range(2)]
     assert [len(b) for b in batches] == [1, 1]
     assert batches[0][0]["mask"].sum() == 1 and batches[1][0]["mask"].sum() == 0
@@ -213,7 +213,7 @@ def test_eval_process_without_records_still_yields_padded_batches():
 
 def test_load_all_returns_the_source_in_order():
     source = _source(13)
-    images, labels, ids = pipeline.load_all(source, 32)
+    images, labels, ids = input_pipeline.load_all(source, 32)
     assert images.shape == (13, 32, 32, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(ids, [r["id"] for r in source])
     np.testing.assert_array_equal(labels, [r["label"] for r in source])
@@ -222,6 +222,6 @@ def test_load_all_returns_the_source_in_order():
 
 def test_eval_errors_are_clear():
     with pytest.raises(ValueError, match="source is empty"):
-        pipeline.eval_batches([], batch_size=4, image_size=32)
+        input_pipeline.eval_batches([], batch_size=4, image_size=32)
     with pytest.raises(ValueError, match="batch_size"):
-        pipeline.eval_batches(_source(4), batch_size=0, image_size=32)
+        input_pipeline.eval_batches(_source(4), batch_size=0, image_size=32)

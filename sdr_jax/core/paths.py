@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdr_jax.core.errors import ConfigError
+
 ALL = -1
 
 
@@ -157,6 +159,33 @@ class PathSpec:
         heads = PathSpec(rest, self.num_groups).all_paths()
         return np.concatenate([heads, np.broadcast_to(suf, (heads.shape[0], suf.size))], axis=1)
 
+    def prefix_nodes(self, depth: int) -> np.ndarray:
+        """The nodes of the prefix tree (routing's) at `depth` in 0..L: (G**depth, L) paths whose
+        first `depth` blocks are fixed and the rest ALL. Block 0 is the most significant digit
+        of a node's position, so the children of node i are nodes i*G .. i*G+G-1 one level down.
+        """
+        if not 0 <= depth <= self.num_blocks or (depth and not self.num_groups):
+            raise ValueError(f"A prefix-tree depth must be in 0..{self.max_stage}, got {depth}.")
+        if depth == 0:
+            return self.full_path()[None]
+        digits = PathSpec(depth, self.num_groups).all_paths()[:, ::-1]
+        rest = np.full((digits.shape[0], self.num_blocks - depth), ALL, np.int32)
+        return np.concatenate([digits, rest], axis=1)
+
+    def suffix_node(self, path: Any) -> tuple[int, int]:
+        """(depth, node) of a stage path in the suffix tree (clustering's): depth = its stage,
+        node = the index of its last `depth` entries (block L-depth least significant), so the
+        leaves under it are the contiguous indices node * G**(L-depth) + 0 .. G**(L-depth)-1."""
+        depth = self.stage_of(path)
+        fixed = np.asarray(path, np.int64)[self.num_blocks - depth:]
+        return depth, int(fixed @ (self.num_groups ** np.arange(depth)))
+
+    def suffix_node_of_leaf(self, leaf: Any, depth: int) -> np.ndarray:
+        """The depth-`depth` suffix-tree node(s) above leaf index(es) `leaf`."""
+        if not 0 <= depth <= self.num_blocks:
+            raise ValueError(f"A suffix-tree depth must be in 0..{self.num_blocks}, got {depth}.")
+        return np.asarray(leaf) // self.num_groups ** (self.num_blocks - depth)
+
     def leaves(self, path: Any) -> np.ndarray:
         """Indices of the full paths under a (partial) stage path."""
         stage = self.stage_of(path)
@@ -193,16 +222,16 @@ class ChannelLayout:
     def make(cls, channels: int, num_groups: int, shared_fraction: float, where: str = "") -> "ChannelLayout":
         """Splits `channels`; ValueError (naming `where`) if the groups do not divide."""
         if num_groups < 1:
-            raise ValueError(f"{where}: a channel layout needs num_groups >= 1, got {num_groups}.")
+            raise ConfigError(f"{where}: a channel layout needs num_groups >= 1, got {num_groups}.")
         if not 0.0 <= shared_fraction < 1.0:
-            raise ValueError(f"{where}: shared_fraction must be in [0, 1), got {shared_fraction}.")
+            raise ConfigError(f"{where}: shared_fraction must be in [0, 1), got {shared_fraction}.")
         shared = round(shared_fraction * channels)
         if abs(shared - shared_fraction * channels) > 1e-6:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: shared_fraction={shared_fraction} of {channels} channels is not a whole "
                 f"number; choose a width or fraction that divides.")
         if (channels - shared) % num_groups:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: the {channels - shared} individual channels ({channels} total, {shared} "
                 f"shared) do not split into {num_groups} groups; change width, shared_fraction or "
                 f"num_groups.")
@@ -246,10 +275,10 @@ class SDRLayout:
     def __post_init__(self):
         stages = tuple(int(s) for s in self.stages)
         if not stages or list(stages) != sorted(set(stages)) or stages[0] < 0:
-            raise ValueError(f"SDR stages must be distinct increasing stage indices, got {self.stages}.")
+            raise ConfigError(f"SDR stages must be distinct increasing stage indices, got {self.stages}.")
         object.__setattr__(self, "stages", stages)
         if self.num_groups < 1:
-            raise ValueError(f"An SDR layout needs num_groups >= 1, got {self.num_groups}.")
+            raise ConfigError(f"An SDR layout needs num_groups >= 1, got {self.num_groups}.")
 
     @property
     def path_spec(self) -> PathSpec:

@@ -8,9 +8,9 @@ mini-batches. After training a level, the hard assignment argmax S gives each ex
 child, node id parent * G + child, which is the parent of the next level. Levels train one
 after another; after level L-1 the node id is the leaf id == the SDR path index.
 
-Every step is one jitted `shard_map` over a 1-D data mesh (the batch is split over its
-devices, the Sinkhorn column sums and the gradient are reduced across them), so the same
-code clusters on one CPU or on a pod.
+Every step is the training step skeleton (`train/step.py`): one jitted `shard_map` over a 1-D
+data mesh (the batch is split over its devices, the Sinkhorn column sums and the gradient are
+reduced across them), so the same code clusters on one CPU or on a pod.
 """
 import dataclasses
 import logging
@@ -22,62 +22,27 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sdr_jax.errors import SDRError
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sdr_jax.cluster.assignments import Assignments
-from sdr_jax.cluster.features import FeatureStore
-from sdr_jax.cluster.sinkhorn import sinkhorn
+from sdr_jax.config_base import ClusterConfig
+from sdr_jax.core.errors import ConfigError, SDRError
+from sdr_jax.core.numerics import l2_normalize
+from sdr_jax.data.assignments import Assignments
+from sdr_jax.jobs.cluster.store import FeatureStore
+from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
+from sdr_jax.train import step as step_lib
+from sdr_jax.train.state import TrainState
 
 
 # Examples per tree node that the k-means++ seeding looks at (bounds its reads).
 _SEED_CANDIDATES = 2048
+_METRICS = step_lib.metrics_collection()
 
 
 class EmptyClusterError(SDRError, ValueError):
     """A tree node ended up with too few examples for its sub-tree."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterConfig:
-    """Every knob of the clustering job."""
-
-    epsilon: float = 0.05      # Sinkhorn entropic regularisation.
-    sinkhorn_iters: int = 3    # SwAV uses 3; more makes each batch closer to exactly balanced.
-    tau: float = 0.1           # Temperature of softmax(S / tau).
-    learning_rate: float = 0.5  # Peak SGD learning rate (cosine-decayed over each level).
-    momentum: float = 0.9
-    epochs: int = 5            # Passes over the data per tree level.
-    batch_size: int = 4096     # Global batch; split over the mesh's devices.
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("epsilon", "tau", "learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ClusterConfig.{name} must be > 0; got {getattr(self, name)}.")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"ClusterConfig.momentum must lie in [0, 1); got {self.momentum}.")
-        for name in ("sinkhorn_iters", "epochs", "batch_size"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"ClusterConfig.{name} must be an int >= 1; got "
-                                 f"{getattr(self, name)!r}.")
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> "ClusterConfig":
-        """From a dict or ConfigDict; unknown keys are an error (no silently ignored typos)."""
-        values = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown clustering config keys {sorted(unknown)}; valid keys: "
-                             f"{[f.name for f in dataclasses.fields(cls)]}.")
-        return cls(**values)
-
-
-def get_config() -> ml_collections.ConfigDict:
-    """The defaults as a ConfigDict, for `configs/*.py` and command-line overrides."""
-    return ml_collections.ConfigDict(dataclasses.asdict(ClusterConfig()))
 
 
 Features = np.ndarray | FeatureStore
@@ -104,15 +69,15 @@ def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks:
     num_examples, dim = _check_features(features)
     ids = _resolve_ids(features, ids, num_examples)
     if num_groups < 2 or num_blocks < 1:
-        raise ValueError(f"need num_groups >= 2 and num_blocks >= 1; got G={num_groups}, "
-                         f"L={num_blocks}.")
+        raise ConfigError(f"need num_groups >= 2 and num_blocks >= 1; got G={num_groups}, "
+                          f"L={num_blocks}.")
     mesh = mesh if mesh is not None else jax.make_mesh((jax.local_device_count(),), ("data",))
     if cfg.batch_size % mesh.size:
-        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.size} "
-                         "devices of the mesh.")
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {mesh.size} "
+                          "devices of the mesh.")
     if cfg.batch_size > num_examples:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {num_examples} examples; "
-                         "lower ClusterConfig.batch_size.")
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {num_examples} examples; "
+                          "lower ClusterConfig.batch_size.")
     read = features.read if isinstance(features, FeatureStore) else (
         lambda rows: np.asarray(features[rows], np.float32))
 
@@ -148,7 +113,7 @@ def _init_centroids(read: Callable[[np.ndarray], np.ndarray], nodes: np.ndarray,
         members = order[bounds[node]:bounds[node + 1]]
         candidates = np.sort(rng.choice(members, min(len(members), _SEED_CANDIDATES),
                                         replace=False))
-        unit = np.asarray(_normalize(read(candidates)))
+        unit = np.asarray(l2_normalize(read(candidates)))
         chosen = [unit[rng.integers(len(unit))]]
         for _ in range(num_groups - 1):
             distance = np.clip(1.0 - np.max(unit @ np.stack(chosen).T, axis=1), 0.0, None)
@@ -163,9 +128,9 @@ def _train_level(params: np.ndarray, read, nodes: np.ndarray, cfg: ClusterConfig
     steps_per_epoch = len(nodes) // cfg.batch_size  # The remainder is reshuffled in next epoch.
     schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.epochs * steps_per_epoch)
     optimizer = optax.sgd(schedule, momentum=cfg.momentum)
-    replicated = NamedSharding(mesh, P())
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(optimizer.init(params), replicated)
+    state = jax.device_put(
+        TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                   opt_state=optimizer.init(params), method_state={}), NamedSharding(mesh, P()))
     step = _make_train_step(optimizer, cfg, mesh, params.shape[0])
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(nodes))
@@ -173,33 +138,27 @@ def _train_level(params: np.ndarray, read, nodes: np.ndarray, cfg: ClusterConfig
             # Sorted rows read faster from a memory-mapped store; the batch stays random.
             rows = np.sort(order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size])
             feats, parents = _shard_batch(mesh, read(rows), nodes[rows])
-            params, opt_state, loss = step(params, opt_state, feats, parents)
-        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch, float(loss))
-    return params
+            state, metrics = step(state, {"feats": feats, "parents": parents})
+        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch,
+                     float(metrics.compute()["loss"]))
+    return state.params
 
 
 def _make_train_step(optimizer: optax.GradientTransformation, cfg: ClusterConfig,
                      mesh: jax.sharding.Mesh, num_nodes: int):
     axes = mesh.axis_names
 
-    def loss_fn(params, feats, parents):
+    def loss_fn(params, state, batch):
+        feats, parents = batch["feats"], batch["parents"]
         scores = _scores(params, feats, parents)
         targets = sinkhorn(jax.lax.stop_gradient(scores), cfg.epsilon, cfg.sinkhorn_iters,
                            axis_name=axes, segment_ids=parents, num_segments=num_nodes)
         cross_entropy = -jnp.sum(targets * jax.nn.log_softmax(scores / cfg.tau), axis=-1)
-        return jnp.sum(cross_entropy) / cfg.batch_size  # This shard's part of the global mean.
+        return jnp.mean(cross_entropy), (state.batch_stats, state.method_state, {})
 
-    def step(params, opt_state, feats, parents):
-        # With shard_map's check_vma the gradient w.r.t. the replicated params comes back
-        # already summed over the mesh: it is the global-batch gradient, no pmean needed.
-        loss, grads = jax.value_and_grad(loss_fn)(params, feats, parents)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = _normalize(optax.apply_updates(params, updates))
-        return params, opt_state, jax.lax.psum(loss, axes)
-
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(axes), P(axes)),
-                            out_specs=(P(), P(), P()))
-    return jax.jit(sharded, donate_argnums=(0, 1))
+    # The centroids stay on the unit sphere after every update.
+    return step_lib.make_step(loss_fn, optimizer, mesh, metrics=_METRICS,
+                              after_update=lambda s: s.replace(params=l2_normalize(s.params)))
 
 
 def _hard_assign(params: jax.Array, read, nodes: np.ndarray, cfg: ClusterConfig,
@@ -224,13 +183,9 @@ def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.A
     num_nodes, num_groups, dim = centroids.shape
     # One matmul against all nodes' centroids, then a gather of the parent's G columns: a
     # (b, G, D) gather of centroids per example would cost far more memory than (b, nodes*G).
-    all_scores = _normalize(feats) @ _normalize(centroids).reshape(-1, dim).T
+    all_scores = l2_normalize(feats) @ l2_normalize(centroids).reshape(-1, dim).T
     all_scores = all_scores.reshape(-1, num_nodes, num_groups)
     return jnp.take_along_axis(all_scores, parents[:, None, None], axis=1)[:, 0]
-
-
-def _normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _shard_batch(mesh: jax.sharding.Mesh, feats: np.ndarray, parents: np.ndarray):

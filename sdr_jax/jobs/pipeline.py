@@ -3,12 +3,16 @@
   python launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=DIR
 
 Stages, each the existing library function, each in its own place under DIR:
-  simsiam   `train.simsiam.train_and_evaluate`  DIR/simsiam (the pre-training run, D0)
+  simsiam   `train.pretrain.train_and_evaluate` DIR/simsiam (the pre-training run, D0)
   cluster   `cluster.job.run`                   DIR/cluster (features, assignments.npz, clusters)
   sdr       `train.sdr.train_and_evaluate`      DIR/sdr (with DIR/cluster/assignments.npz)
   route     `route.route`, every task           DIR/sdr/route/<task>/ (ranking, histogram, sub-net)
   baseline  `eval.downstream.evaluate`          DIR/baseline/<task>.json (the SimSiam run, per task)
 then DIR/summary.txt and DIR/summary.json.
+
+The SSL method of pre-training and SDR is `config.method` (`--config.method=byol`: BYOL
+pre-training and SDR over BYOL; both stages get the method with its default fields,
+`config_base.use_method`). The stage keeps its name `simsiam` whatever the method.
 
 Resume: a stage whose output is complete is skipped: the trainers and the cluster job leave a
 marker (`pipeline_stage.json`, with the stage's config) when they finish; a task's routing is
@@ -54,12 +58,16 @@ from typing import Any, Callable, Optional
 import jax
 from ml_collections import ConfigDict
 
-from sdr_jax import models, route as route_lib
-from sdr_jax.cluster import job as cluster_job
+from sdr_jax import config_base, methods, models
+
+from sdr_jax.jobs import route as route_lib
+from sdr_jax.jobs.cluster import job as cluster_job
 from sdr_jax.config_base import load_config_file
-from sdr_jax.errors import CheckpointError, ConfigError, SDRError
-from sdr_jax.eval import downstream, protocol
-from sdr_jax.train import simsiam as simsiam_trainer
+from sdr_jax.core import io
+from sdr_jax.core.errors import CheckpointError, ConfigError, SDRError
+from sdr_jax.jobs import evaluate as evaluate_job
+from sdr_jax.eval import protocol
+from sdr_jax.train import pretrain as pretrain_trainer
 from sdr_jax.train import checkpoint as checkpoint_lib
 from sdr_jax.train import sdr as sdr_trainer
 
@@ -89,6 +97,9 @@ def stage_configs(config: ConfigDict, workdir: str) -> dict[str, ConfigDict]:
     """Every stage's config with the pipeline's wiring filled in (who reads whose output)."""
     dirs = stage_dirs(workdir)
     simsiam, cluster, sdr = (copy.deepcopy(config[k]) for k in ("simsiam", "cluster", "sdr"))
+    for stage in (simsiam, sdr):
+        if stage.method.name != config.method:
+            config_base.use_method(stage, config.method)
     if config.data_dir:
         simsiam.data.data_dir = sdr.data.data_dir = config.data_dir
     _wire(cluster, "pretrain_workdir", os.path.abspath(dirs["simsiam"]))
@@ -108,9 +119,10 @@ def _wire(config: ConfigDict, field: str, value: str) -> None:
 
 def check_config(config: ConfigDict) -> None:
     """What must agree across stages, checked before anything runs."""
-    if config.simsiam.method != "simsiam" or config.sdr.method != "sdr":
-        raise ConfigError("config.simsiam must be a SimSiam config and config.sdr an SDR config "
-                          f"(got methods {config.simsiam.method!r}, {config.sdr.method!r}).")
+    if config.simsiam.kind != "pretrain" or config.sdr.kind != "sdr":
+        raise ConfigError("config.simsiam must be a pre-training config and config.sdr an SDR "
+                          f"config (got kinds {config.simsiam.kind!r}, {config.sdr.kind!r}).")
+    methods.method_class(config.method)  # a ConfigError naming the known methods
     for field in _MODEL_SIZE_FIELDS:
         a, b = config.simsiam.model[field], config.sdr.model[field]
         if a != b:
@@ -145,11 +157,11 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
     check_config(config)
     configs = stage_configs(config, workdir)
     dirs = stage_dirs(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    io.makedirs(workdir)
     lead = jax.process_index() == 0
     timings = _Timings(os.path.join(workdir, TIMINGS), write=lead)
     stages: dict[str, Callable[[], bool]] = {
-        "simsiam": lambda: _train("simsiam", simsiam_trainer.train_and_evaluate,
+        "simsiam": lambda: _train("simsiam", pretrain_trainer.train_and_evaluate,
                                   configs["simsiam"], workdir, dirs["simsiam"], lead),
         "cluster": lambda: _cluster(configs["cluster"], workdir, dirs["cluster"], lead),
         "sdr": lambda: _train("sdr", sdr_trainer.train_and_evaluate, configs["sdr"], workdir,
@@ -171,11 +183,12 @@ def run(config: ConfigDict, workdir: str, *, until: Optional[str] = None) -> dic
             return {"finished": False, "stopped_in": name, "seconds": timings.seconds}
     if until is not None and until != STAGES[-1]:
         return {"finished": True, "stopped_in": None, "seconds": timings.seconds}
-    summary = make_summary(configs["route"], dirs, config.tasks, timings.seconds)
+    summary = make_summary(configs["route"], dirs, config.tasks, timings.seconds,
+                           method=config.method)
     if lead:
         text = format_summary(summary)
-        _write_atomic(os.path.join(workdir, SUMMARY_TXT), text + "\n")
-        _write_atomic(os.path.join(workdir, SUMMARY_JSON), json.dumps(summary, indent=1))
+        io.write_text(os.path.join(workdir, SUMMARY_TXT), text + "\n")
+        io.write_json(os.path.join(workdir, SUMMARY_JSON), summary)
         print(text, flush=True)
     return {"finished": True, "stopped_in": None, **summary}
 
@@ -210,7 +223,7 @@ def _cluster(config: ConfigDict, root: str, workdir: str, lead: bool) -> bool:
 
 def _route_tasks(config: ConfigDict, sdr_workdir: str, task_names) -> bool:
     for task in task_names:
-        ranking = _read_json(os.path.join(sdr_workdir, "route", task, "ranking.json"))
+        ranking = io.read_json(os.path.join(sdr_workdir, "route", task, "ranking.json"))
         if ranking is not None:
             _check_protocol(ranking, config, f"{sdr_workdir}/route/{task}")
             print(f"   {task}: routed already (path {ranking['routed']['path']})", flush=True)
@@ -223,16 +236,16 @@ def _baselines(config: ConfigDict, simsiam_workdir: str, out_dir: str, task_name
                lead: bool) -> bool:
     for task in task_names:
         path = os.path.join(out_dir, f"{task}.json")
-        done = _read_json(path)
+        done = io.read_json(path)
         if done is not None:
             _check_protocol(done, config, path)
             print(f"   {task}: evaluated already (kNN "
                   f"{done['knn']['test']['accuracy']:.4f})", flush=True)
             continue
         # The raw-pixel and random-init baselines come from routing, on the same split.
-        result = downstream.evaluate(config, simsiam_workdir, task, baselines=False)
+        result = evaluate_job.evaluate(config, simsiam_workdir, task, baselines=False)
         if lead:
-            _write_atomic(path, json.dumps(result, indent=1))
+            io.write_json(path, result)
     return True
 
 
@@ -256,12 +269,12 @@ REFERENCE = "simsiam"  # the column every other is marked against
 
 
 def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
-                 seconds: dict[str, float]) -> dict[str, Any]:
+                 seconds: dict[str, float], method: str = "simsiam") -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     pictures = {"clusters": os.path.join(dirs["cluster"], cluster_job.CLUSTERS_PNG)}
     for task in task_names:
-        ranking = _read_json(os.path.join(dirs["route"], task, "ranking.json"))
-        baseline = _read_json(os.path.join(dirs["baseline"], f"{task}.json"))
+        ranking = io.read_json(os.path.join(dirs["route"], task, "ranking.json"))
+        baseline = io.read_json(os.path.join(dirs["baseline"], f"{task}.json"))
         if ranking is None or baseline is None:
             raise PipelineError(f"task {task} has no routing or baseline result yet.")
         for key in ("num_validation", "num_memory", "num_test"):
@@ -286,15 +299,17 @@ def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
             for kind, columns in (("knn", KNN_COLUMNS), ("linear", LINEAR_COLUMNS))} \
         if tasks else {}
     return {"tasks": tasks, "mean": mean, "protocol": protocol.describe(route_config),
-            "seconds": dict(seconds), "pictures": pictures}
+            "seconds": dict(seconds), "pictures": pictures, "method": method}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     tasks, mean, p = summary["tasks"], summary["mean"], summary["protocol"]
     width = max(8, *(len(t) for t in tasks))
     cell = 20
+    base = methods.method_class(summary.get("method", "simsiam")).title  # the pre-training column
 
     def table(kind: str, columns) -> list[str]:
+        columns = [(key, base if key == REFERENCE else header) for key, header in columns]
         lines = [f"{'task':<{width}}  " + "  ".join(f"{h:>{cell}}" for _, h in columns),
                  f"{'-' * width}  " + "  ".join("-" * cell for _ in columns)]
         rows = [(name, row[kind]) for name, row in tasks.items()]
@@ -319,7 +334,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{route_lib.format_composition(row['composition'])}")
     sizes = "; ".join(f"{name} {row['num_validation']}/{row['num_memory']}/{row['num_test']}"
                       for name, row in tasks.items())
-    lines += ["", protocol.NOISE_LEGEND + ".",
+    lines += ["", protocol.NOISE_LEGEND.replace("vs SimSiam", f"vs {base}") + ".",
               f"Protocol: k={p['knn_k']}, T={p['knn_temperature']}, bn={p['bn']}; train capped "
               f"at {p['max_train'] or 'all'} images, split by seed {p['split_seed']} into "
               f"validation ({p['val_fraction']:g}) and memory; queries: "
@@ -365,7 +380,7 @@ def _follow_move(root: str, workdir: str, config: ConfigDict) -> None:
     the new path, so the trainer's own check sees no change. Any other difference is left for
     the trainer to judge."""
     path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
-    recorded = _read_json(path)
+    recorded = io.read_json(path)
     if recorded is None:
         return
     current = json.loads(config.to_json_best_effort())
@@ -384,11 +399,11 @@ def _follow_move(root: str, workdir: str, config: ConfigDict) -> None:
         for section in sections:
             node = node[section]
         node[field] = new
-    _write_atomic(path, json.dumps(recorded, indent=2, sort_keys=True))
-    with open(os.path.join(workdir, checkpoint_lib.HISTORY_FILE), "a") as history:
-        history.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "moved": {k: {"was": old, "now": new}
-                                            for k, (old, new) in moved.items()}}) + "\n")
+    io.write_json(path, recorded, indent=2, sort_keys=True)
+    io.append_line(os.path.join(workdir, checkpoint_lib.HISTORY_FILE),
+                   json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "moved": {k: {"was": old, "now": new}
+                                         for k, (old, new) in moved.items()}}))
     print(f"   {workdir}: continues after a move of the pipeline workdir "
           f"({', '.join(sorted(moved))} rebased)", flush=True)
 
@@ -402,7 +417,7 @@ def _comparable(root: str, config: Any) -> dict:
 
 
 def _finished(root: str, workdir: str, config: ConfigDict) -> bool:
-    marker = _read_json(os.path.join(workdir, MARKER))
+    marker = io.read_json(os.path.join(workdir, MARKER))
     if marker is None:
         return False
     recorded, wanted = _comparable(root, marker["config"]), _comparable(root, config)
@@ -415,8 +430,8 @@ def _finished(root: str, workdir: str, config: ConfigDict) -> bool:
 
 
 def _mark(root: str, workdir: str, config: ConfigDict, result: dict) -> None:
-    _write_atomic(os.path.join(workdir, MARKER), json.dumps(
-        {"config": _comparable(root, config), "result": result}, indent=1))
+    io.write_json(os.path.join(workdir, MARKER),
+                  {"config": _comparable(root, config), "result": result})
 
 
 class _Timings:
@@ -425,27 +440,12 @@ class _Timings:
 
     def __init__(self, path: str, write: bool):
         self.path, self.write = path, write
-        self.seconds: dict[str, float] = _read_json(path) or {}
+        self.seconds: dict[str, float] = io.read_json(path) or {}
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
         if self.write:
-            _write_atomic(self.path, json.dumps(self.seconds, indent=1))
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+            io.write_json(self.path, self.seconds)
 
 
 def _say(lead: bool, message: str) -> None:

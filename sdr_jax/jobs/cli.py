@@ -8,7 +8,7 @@ from typing import Any, Callable, NoReturn
 import jax
 from absl import flags, logging
 
-from sdr_jax.errors import SDRError, StoppedBySignal
+from sdr_jax.core.errors import SDRError, StoppedBySignal
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -46,13 +46,14 @@ def fail(message: str) -> NoReturn:
 
 
 def run_or_fail(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Runs fn; a user-input error (SDRError, or a ValueError from config checks) becomes one
-    line on stderr and exit code 1; a run stopped by SIGTERM/SIGINT (checkpoint saved) one line
-    and exit code 128 + the signal's number."""
+    """Runs fn; a problem with the user's input (an `SDRError`: config, files, data, checkpoints)
+    becomes one line on stderr and exit code 1; a run stopped by SIGTERM/SIGINT (checkpoint
+    saved) one line and exit code 128 + the signal's number. Anything else is a bug in the code
+    and keeps its traceback (a plain ValueError or KeyError is not turned into a message)."""
     try:
         return fn(*args, **kwargs)
     except StoppedBySignal as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
-    except (SDRError, ValueError) as e:
+    except SDRError as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from sdr_jax.errors import SDRError
+from sdr_jax.core import io
+from sdr_jax.core.errors import SDRError
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -100,15 +101,15 @@ class FeatureWriter:
             raise FeatureStoreError(f"no features were written to {self._final}.")
         if self._pending_rows:
             self._flush(self._pending_rows)
-        all_ids = np.concatenate([np.load(self._path(s["name"], "ids")) for s in self._shards])
+        all_ids = np.concatenate([io.read_npy(self._path(s["name"], "ids"))
+                                  for s in self._shards])
         if len(np.unique(all_ids)) != len(all_ids):
             self.abort()
             raise FeatureStoreError(f"duplicate example ids written to {self._final}; every "
                                     "example must be written once.")
         index = {"format_version": FORMAT_VERSION, "dim": self._dim, "dtype": np.dtype(_DTYPE).name,
                  "count": int(len(all_ids)), "shards": self._shards, "metadata": self._metadata}
-        with open(os.path.join(self._tmp, INDEX_FILE), "w") as f:
-            json.dump(index, f, indent=1)
+        io.write_json(os.path.join(self._tmp, INDEX_FILE), index)
         if self._overwrite and os.path.exists(self._final):
             shutil.rmtree(self._final)
         os.rename(self._tmp, self._final)
@@ -132,8 +133,8 @@ class FeatureWriter:
         ids = np.concatenate(self._pending_ids)
         feats = np.concatenate(self._pending_feats)
         name = f"shard-{len(self._shards):05d}"
-        np.save(self._path(name, "ids"), ids[:rows])
-        np.save(self._path(name, "feats"), feats[:rows])
+        io.write_npy(self._path(name, "ids"), ids[:rows])
+        io.write_npy(self._path(name, "feats"), feats[:rows])
         self._shards.append({"name": name, "count": rows})
         self._pending_ids, self._pending_feats = [ids[rows:]], [feats[rows:]]
         self._pending_rows -= rows
@@ -157,8 +158,7 @@ class FeatureStore:
         if not os.path.isfile(index_path):
             raise FeatureStoreError(f"feature store {self.directory} has no {INDEX_FILE}; it is "
                                     "incomplete or not a feature store.")
-        with open(index_path) as f:
-            index = json.load(f)
+        index = io.read_json(index_path)
         if index.get("format_version") != FORMAT_VERSION:
             raise FeatureStoreError(f"feature store {self.directory} has format version "
                                     f"{index.get('format_version')}; this code reads "
@@ -189,13 +189,9 @@ class FeatureStore:
     def ids(self) -> np.ndarray:
         """All example ids in store order (small: one int or string per example)."""
         if self._ids_cache is None:
-            self._ids_cache = np.concatenate([np.load(self._file(n, "ids")) for n in self._names])
+            self._ids_cache = np.concatenate([io.read_npy(self._file(n, "ids"))
+                                              for n in self._names])
         return self._ids_cache
-
-    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields (ids, feats) per shard; feats are memory-mapped, read on access."""
-        for name, feats in zip(self._names, self._feats):
-            yield np.load(self._file(name, "ids")), feats
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Feature rows at global `indices` (any order), read shard by shard."""

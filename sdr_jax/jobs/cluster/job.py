@@ -17,7 +17,6 @@ job resumes); an output made from other inputs is an error, never silently repla
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import time
@@ -31,16 +30,19 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from sdr_jax import models
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.cluster import clustering, summary
-from sdr_jax.cluster.features import FeatureStore, FeatureWriter
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.jobs.cluster import clustering, summary
+from sdr_jax.jobs.cluster.store import FeatureStore, FeatureWriter
 from sdr_jax.config_base import load_config_file
 from sdr_jax.data import datasets, mosaic
-from sdr_jax.errors import ConfigError, SDRError
+from sdr_jax.data.records import iter_records
+from sdr_jax.core import io
+from sdr_jax.core.errors import ConfigError, SDRError
+from sdr_jax.core.numerics import l2_normalize
 from sdr_jax.eval import features as features_lib
-from sdr_jax.paths import PathSpec
+from sdr_jax.core.paths import PathSpec
 from sdr_jax.train import checkpoint as checkpoint_lib
-from sdr_jax.train import mesh as mesh_lib
+from sdr_jax.core import mesh as mesh_lib
 
 FEATURES_DIR = "features"
 ASSIGNMENTS_FILE = "assignments.npz"
@@ -49,7 +51,6 @@ SUMMARY_TXT = "summary.txt"
 SUMMARY_JSON = "summary.json"
 # What the feature store holds; part of its provenance, so a change of recipe is noticed.
 FEATURE_KIND = "backbone feature, full path, L2-normalised"
-_READ_CHUNK = 4096
 
 
 class ClusterJobError(SDRError):
@@ -73,11 +74,11 @@ class Examples:
 def read_examples(source) -> Examples:
     """Reads id, label and (if present) domain of every record of `source`."""
     ids, labels, domains = [], [], []
-    for start in range(0, len(source), _READ_CHUNK):
-        records = source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source)))))
-        ids += [r["id"] for r in records]
-        labels += [r["label"] for r in records]
-        domains += [r["domain"] for r in records if "domain" in r]
+    for record in iter_records(source, 4096):
+        ids.append(record["id"])
+        labels.append(record["label"])
+        if "domain" in record:
+            domains.append(record["domain"])
     if domains and len(domains) != len(ids):
         raise ClusterJobError(f"{source!r}: only some records have a 'domain'.")
     return Examples(np.asarray(ids), np.asarray(labels, np.int64),
@@ -99,14 +100,14 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
     examples = read_examples(source)
     origin = {"checkpoint": os.path.abspath(config.pretrain_workdir), "step": int(step),
               "dataset": data["dataset"], "split": data["split"]}
-    os.makedirs(workdir, exist_ok=True)
+    io.makedirs(workdir)
     lead = jax.process_index() == 0
     timings, skipped = {}, {}
 
     start = time.perf_counter()
     metadata = {**origin, "feature": FEATURE_KIND, "image_size": int(run_config.data.image_size),
                 "model": run_config.model.to_dict()}
-    store, skipped["features"] = extract_features(
+    store, skipped["features"] = write_feature_store(
         os.path.join(workdir, FEATURES_DIR), run_config.model, variables, source,
         image_size=run_config.data.image_size, batch_size=config.extract.batch_size,
         metadata=metadata)
@@ -127,27 +128,26 @@ def run(config: ConfigDict, workdir: str) -> dict[str, Any]:
                f"{timings['clustering']:.1f}s")
 
     start = time.perf_counter()
-    result = evaluate(assignments, examples, dataset_name=source.name)
+    result = score_clusters(assignments, examples, dataset_name=source.name)
     result.update(origin=origin, seconds=timings, skipped=skipped)
     if lead:
         figure = cluster_grid(assignments, examples, source,
                               images_per_cluster=config.report.images_per_cluster,
                               seed=config.report.seed, image_size=run_config.data.image_size)
-        _write_atomic(os.path.join(workdir, CLUSTERS_PNG), figure)
+        io.write_image(os.path.join(workdir, CLUSTERS_PNG), figure)
         result["seconds"]["report"] = time.perf_counter() - start
         text = format_summary(result)
-        _write_atomic(os.path.join(workdir, SUMMARY_TXT), text.encode())
-        _write_atomic(os.path.join(workdir, SUMMARY_JSON),
-                      json.dumps(result, indent=1).encode())
+        io.write_text(os.path.join(workdir, SUMMARY_TXT), text)
+        io.write_json(os.path.join(workdir, SUMMARY_JSON), result)
         print(text, flush=True)
     return result
 
 
 # -- stage 1: features ----------------------------------------------------------------------
 
-def extract_features(directory: str, model_config: ConfigDict, variables: dict, source, *,
-                     image_size: int, batch_size: int, metadata: dict[str, Any]
-                     ) -> tuple[FeatureStore, bool]:
+def write_feature_store(directory: str, model_config: ConfigDict, variables: dict, source, *,
+                        image_size: int, batch_size: int, metadata: dict[str, Any]
+                        ) -> tuple[FeatureStore, bool]:
     """(store, reused): the features of every example of `source`, written unless a store
     with the same provenance is already there."""
     metadata = json.loads(json.dumps(metadata))  # As it reads back from the store's index.
@@ -163,8 +163,7 @@ def extract_features(directory: str, model_config: ConfigDict, variables: dict, 
     path = jnp.asarray(models.path_spec(model_config).full_path())
 
     def normalised_features(images):
-        feature = model.apply(variables, images, path, train=False)["feature"]
-        return feature / jnp.maximum(jnp.linalg.norm(feature, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(model.apply(variables, images, path, train=False)["feature"])
 
     lead = jax.process_index() == 0
     batches = features_lib.iter_features(
@@ -228,8 +227,8 @@ def reference_labels(examples: Examples, positions: np.ndarray) -> dict[str, np.
     return {"domain": domains, "domain+label": domains * (labels.max() + 1) + labels}
 
 
-def evaluate(assignments: assignments_lib.Assignments, examples: Examples, *,
-             dataset_name: str) -> dict[str, Any]:
+def score_clusters(assignments: assignments_lib.Assignments, examples: Examples, *,
+                   dataset_name: str) -> dict[str, Any]:
     """Sizes per depth, purity/NMI of the top level and the leaves, and the table of the
     top-level clusters against the coarsest reference (domain, or label)."""
     positions = examples.positions_of(assignments.ids)
@@ -325,9 +324,7 @@ def cluster_grid(assignments: assignments_lib.Assignments, examples: Examples, s
             ha="right", va="center", fontsize=8)
     figure.subplots_adjust(left=2.4 / (cols + 2.6), right=0.99, top=0.98, bottom=0.02,
                            wspace=0.05, hspace=0.1)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=max(60, 2 * image_size))
-    return buffer.getvalue()
+    return io.figure_png(figure, dpi=max(60, 2 * image_size))
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -344,17 +341,6 @@ def _check_same(recorded: dict[str, Any], wanted: dict[str, Any], what: str, *,
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _say(lead: bool, message: str) -> None:

@@ -20,18 +20,14 @@ Outputs in `<out or workdir>/route/<task>/`: `ranking.txt`, `ranking.json` (ever
 its 95% interval, the protocol, the split's ids, the routed leaf's domain composition),
 `accuracy_hist.png` and the routed sub-net exported compactly in `best_subnet/`:
 
-    model, variables = sdr_jax.route.load_exported(".../route/<task>/best_subnet")
+    model, variables = sdr_jax.models.export.load_exported(".../route/<task>/best_subnet")
     feature = model.apply(variables, images_uint8_nhwc, None, False)["feature"]
 """
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import socket
 import sys
-import tempfile
 from typing import Any, Iterable, Iterator, Optional
 
 import jax
@@ -40,18 +36,17 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from sdr_jax.cluster import assignments as assignments_lib
-from sdr_jax.data import datasets, mosaic, pipeline
-from sdr_jax.errors import CheckpointError, ConfigError
+from sdr_jax.data import assignments as assignments_lib
+from sdr_jax.data import datasets, mosaic, input_pipeline
+from sdr_jax.core import io
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import protocol
 from sdr_jax.eval.knn import knn_accuracy
-from sdr_jax.models import build_model, export, path_spec, resnet
+from sdr_jax.models import build_model, export, path_spec
+from sdr_jax.models.export import EXPORT_DIR, save_exported
 from sdr_jax.models.simsiam import SimSiam
-from sdr_jax.train import checkpoint, mesh as mesh_lib
-
-EXPORT_DIR = "best_subnet"
-_MODEL_FILE, _VARIABLES_FILE = "model.json", "variables.npz"
-_BLOCKS = {"BasicBlock": resnet.BasicBlock, "Bottleneck": resnet.Bottleneck}
+from sdr_jax.train import checkpoint
+from sdr_jax.core import mesh as mesh_lib
 
 
 # -- the tree over shared prefixes -------------------------------------------------------------
@@ -60,8 +55,9 @@ class PathTree:
     """Backbone features of every full path of a masked SDRnet, computed over shared prefixes.
 
     Level 0 is the stem (one node); network stage s is level s+1. An SDR stage multiplies the
-    nodes by G (child i*G+g takes group g); a plain stage keeps them. Every node of a level
-    has its own BN statistics (the shared running ones until `recalibrate`).
+    nodes by G (child i*G+g takes group g: `PathSpec.prefix_nodes`); a plain stage keeps them.
+    Every node of a level has its own BN statistics (the shared running ones until
+    `recalibrate`) for the backbone children of that level (`Backbone.level_scopes`).
     """
 
     def __init__(self, model: SimSiam, variables: dict, mesh: Optional[jax.sharding.Mesh] = None):
@@ -75,45 +71,42 @@ class PathTree:
         self.params = variables["params"] if mesh is None else jax.device_put(
             variables["params"], mesh_lib.replicated(mesh))
         self._running = variables["batch_stats"]["backbone"]
-        self.num_stages = len(model.stage_sizes)
+        self._scopes = model.backbone.level_scopes()
+        self.num_stages = model.backbone.num_stages
         # node_paths[level]: (nodes, L) prefix of every node, ALL for blocks not yet reached.
-        self.node_paths = [self.spec.full_path()[None]]
+        self.node_paths = [self.spec.prefix_nodes(0)]
         self._entries = []  # per stage: the (nodes,) group entry of every node, or None
         for s in range(self.num_stages):
             block = model.sdr.block_of(s)
-            parents = self.node_paths[-1]
             if block is None:
-                self.node_paths.append(parents)
+                self.node_paths.append(self.node_paths[-1])
                 self._entries.append(None)
-                continue
-            children = np.repeat(parents, self.spec.num_groups, axis=0)
-            children[:, block] = np.tile(np.arange(self.spec.num_groups, dtype=np.int32),
-                                         len(parents))
-            self.node_paths.append(children)
-            self._entries.append(jnp.asarray(children[:, block]))
-        leaves = self.node_paths[-1]
+            else:
+                self.node_paths.append(self.spec.prefix_nodes(block + 1))
+                self._entries.append(jnp.asarray(self.node_paths[-1][:, block]))
         # Leaves come out with block 0 most significant; paths are indexed block 0 least.
-        self._leaf_order = np.argsort(self.spec.path_to_index(leaves))
-        self.stats = [self._tile(self._running["stem_bn"], 1)] + [
-            self._tile(self._running[f"stages_{s}"], len(self.node_paths[s + 1]))
-            for s in range(self.num_stages)]
+        self._leaf_order = np.argsort(self.spec.path_to_index(self.node_paths[-1]))
+        self.stats = self._running_stats()
         self._eval_fns = [jax.jit(self._level_fn(level, train=False))
                           for level in range(self.num_stages + 1)]
         self._train_fns = [jax.jit(self._level_fn(level, train=True))
                            for level in range(self.num_stages + 1)]
-        self._pool = jax.jit(jax.vmap(resnet.ResNet.pool))
+        self._pool = jax.jit(jax.vmap(lambda x: model.apply({}, x, method=SimSiam.pool)))
 
-    @staticmethod
-    def _tile(tree: Any, nodes: int) -> Any:
-        return jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (nodes, *np.shape(a))), tree)
+    def _running_stats(self) -> list[Any]:
+        """Per level, the SDRnet's running BN statistics of that level, one copy per node."""
+        return [{name: jax.tree.map(
+                    lambda a: np.broadcast_to(np.asarray(a), (len(nodes), *np.shape(a))),
+                    self._running[name])
+                 for name in scopes if name in self._running}
+                for scopes, nodes in zip(self._scopes, self.node_paths)]
 
     def _level_fn(self, level: int, train: bool):
         """(params, node stats, parent activations, entries) -> (activations, batch stats)."""
-        model = self.model.clone(bn_momentum=0.0, bn_axis_name=None) if train else self.model
-        name = "stem_bn" if level == 0 else f"stages_{level - 1}"
+        model = export.stats_probe(self.model) if train else self.model
 
         def apply(params, stats, x, p):
-            variables = {"params": params, "batch_stats": {"backbone": {name: stats}}}
+            variables = {"params": params, "batch_stats": {"backbone": stats}}
             if level == 0:
                 args, method = (x, train), SimSiam.stem
             else:
@@ -121,7 +114,7 @@ class PathTree:
             if not train:
                 return model.apply(variables, *args, method=method), stats
             y, state = model.apply(variables, *args, method=method, mutable=["batch_stats"])
-            return y, state["batch_stats"]["backbone"][name]
+            return y, state["batch_stats"]["backbone"]
 
         if level == 0:
             return lambda params, stats, images, entries: jax.vmap(
@@ -163,10 +156,7 @@ class PathTree:
         if not per_batch:
             raise ConfigError("BN recalibration needs at least one full batch of train images; "
                               "lower the batch size or use bn='running'.")
-        old = [self._tile(self._running["stem_bn"], 1)] + [
-            self._tile(self._running[f"stages_{s}"], len(self.node_paths[s + 1]))
-            for s in range(self.num_stages)]
-        self.stats = export.pool_batch_stats(old, per_batch, sizes)
+        self.stats = export.pool_batch_stats(self._running_stats(), per_batch, sizes)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(num_paths, batch, C) pooled backbone features, row i = path index i (eval mode)."""
@@ -192,7 +182,7 @@ def _limited_batches(source, *, batch_size: int, image_size: int, limit: int
                      ) -> Iterator[dict[str, np.ndarray]]:
     """eval_batches over `source`, stopping after `limit` examples (0 = all)."""
     seen = 0
-    for batch in pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
+    for batch in input_pipeline.eval_batches(source, batch_size=batch_size, image_size=image_size):
         if limit:
             keep = np.cumsum(batch["mask"]) + seen <= limit
             batch["mask"] &= keep
@@ -225,66 +215,6 @@ def path_accuracies(train_feats: np.ndarray, train_labels: np.ndarray, test_feat
     return np.array([knn_accuracy(train_feats[i], train_labels, test_feats[i], test_labels,
                                   k=k, temperature=temperature, num_classes=num_classes)
                      for i in range(len(train_feats))])
-
-
-# -- export: compact checkpoint ------------------------------------------------------------------
-
-def save_exported(directory: str, model: SimSiam, variables: dict, meta: dict) -> None:
-    """Writes a compact (plain, sdr=None) SimSiam as model.json + variables.npz."""
-    if model.sdr is not None:
-        raise ValueError("save_exported takes a compact sub-net (export_subnet), not the SDRnet.")
-    fields = {
-        "stage_sizes": list(model.stage_sizes), "block_cls": model.block_cls.__name__,
-        "width": model.width, "stage_widths": list(model.stage_widths or ()) or None,
-        "stem_kind": model.stem_kind, "proj_dim": model.proj_dim,
-        "proj_layers": model.proj_layers, "pred_dim": model.pred_dim,
-        "dtype": jnp.dtype(model.dtype).name, "bn_momentum": model.bn_momentum,
-        "identity_select": None if model.identity_select is None else list(model.identity_select),
-    }
-    flat = {"/".join(str(getattr(k, "key", k)) for k in keypath): np.asarray(leaf)
-            for keypath, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
-    os.makedirs(directory, exist_ok=True)
-    np.savez(os.path.join(directory, _VARIABLES_FILE), **flat)
-    with open(os.path.join(directory, _MODEL_FILE), "w") as f:
-        json.dump({"model": fields, "meta": meta}, f, indent=2, sort_keys=True)
-
-
-def load_exported(directory: str) -> tuple[SimSiam, dict]:
-    """(model, variables) of a sub-net written by `save_exported` (e.g. route's best_subnet/)."""
-    model_path = os.path.join(directory, _MODEL_FILE)
-    if not os.path.exists(model_path):
-        raise CheckpointError(f"{directory} is not an exported sub-net (no "
-                                         f"{_MODEL_FILE}); run launch/route.py first.")
-    with open(model_path) as f:
-        fields = dict(json.load(f)["model"])
-    block = fields.pop("block_cls")
-    fields["block_cls"] = _BLOCKS[block]
-    fields["dtype"] = jnp.dtype(fields["dtype"])
-    for key in ("stage_sizes", "stage_widths", "identity_select"):
-        if fields[key] is not None:
-            fields[key] = tuple(fields[key])
-    variables: dict = {}
-    with np.load(os.path.join(directory, _VARIABLES_FILE)) as npz:
-        for key in npz.files:
-            node = variables
-            *parents, leaf = key.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = npz[key]
-    return SimSiam(**fields), variables
-
-
-def exported_meta(directory: str) -> dict:
-    with open(os.path.join(directory, _MODEL_FILE)) as f:
-        return json.load(f)["meta"]
-
-
-def backbone_cost(model: SimSiam, variables: dict, image_size: int, path: Any) -> tuple[int, float]:
-    """(backbone parameters, forward FLOPs per image) of `model` on `path` (XLA cost analysis)."""
-    params = int(sum(np.size(a) for a in jax.tree.leaves(variables["params"]["backbone"])))
-    image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
-    lowered = jax.jit(lambda v, x: model.apply(v, x, path, False)["feature"]).lower(variables, image)
-    return params, float(lowered.cost_analysis()["flops"])
 
 
 # -- the routing job -----------------------------------------------------------------------------
@@ -342,8 +272,8 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
     best = spec.index_to_path(selected)
     compact, compact_vars = export.export_subnet(
         model_cfg, evaluation.deployed_variables(model, variables, best), best)
-    sub_params, sub_flops = backbone_cost(compact, compact_vars, image_size, None)
-    net_params, net_flops = backbone_cost(model, variables, image_size, jnp.asarray(full))
+    sub_params, sub_flops = export.backbone_cost(compact, compact_vars, image_size, None)
+    net_params, net_flops = export.backbone_cost(model, variables, image_size, full)
     columns["sdrnet"].update(params=net_params, flops=net_flops)
     all_paths = spec.all_paths()
     order = np.argsort(-validation, kind="stable")  # the routing order; ties: the lower index
@@ -364,8 +294,8 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
             "image_size": image_size, "pool_dataset": run_config.data.dataset,
             "data_dir": data_dir or "", "model_config": json.loads(model_cfg.to_json())}
     target = os.path.join(out or workdir, "route", task_name)
-    _write_atomically(target, lambda d: _write_outputs(d, ranking, test, compact,
-                                                       compact_vars, meta))
+    with io.atomic_directory(target) as tmp:
+        _write_outputs(os.fspath(tmp), ranking, test, compact, compact_vars, meta)
     ranking["out_dir"] = target
     print(format_table(ranking, top=10), flush=True)
     return ranking
@@ -448,10 +378,8 @@ def format_table(ranking: dict, top: Optional[int] = None) -> str:
 
 def _write_outputs(directory: str, ranking: dict, test_accuracies: np.ndarray,
                    compact: SimSiam, compact_vars: dict, meta: dict) -> None:
-    with open(os.path.join(directory, "ranking.json"), "w") as f:
-        json.dump(ranking, f, indent=1)
-    with open(os.path.join(directory, "ranking.txt"), "w") as f:
-        f.write(format_table(ranking) + "\n")
+    io.write_json(os.path.join(directory, "ranking.json"), ranking)
+    io.write_text(os.path.join(directory, "ranking.txt"), format_table(ranking) + "\n")
     _histogram(os.path.join(directory, "accuracy_hist.png"), test_accuracies, ranking)
     save_exported(os.path.join(directory, EXPORT_DIR), compact, compact_vars, meta)
 
@@ -475,48 +403,5 @@ def _histogram(filename: str, accuracies: np.ndarray, ranking: dict) -> None:
     ax.set_title(f"routing on {ranking['task']} (bn={ranking['protocol']['bn']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(filename, dpi=100)
+    io.write_figure(filename, fig, dpi=100)
     plt.close(fig)
-
-
-def _write_atomically(target: str, write) -> None:
-    """Writes into a temporary sibling directory, then swaps it in: never half-written.
-
-    The temporary name carries its writer (`.<name>.partial-<pid>@<host>.XXXX`): one left by a
-    writer that was killed (SIGKILL runs no cleanup) is removed here, while a live writer's, or
-    another host's (its pid cannot be checked), is left alone. The result gets the permissions
-    of a directory made with os.makedirs (mkdtemp's are 0700, private to the owner).
-    """
-    parent = os.path.dirname(os.path.abspath(target))
-    name = os.path.basename(target)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_partials(parent, name)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}@{socket.gethostname()}.",
-                           dir=parent)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _remove_stale_partials(parent: str, name: str) -> None:
-    """Removes the temporary siblings of `name` whose writer is dead (see _write_atomically);
-    also the older unnamed ones (`.<name>.` + mkdtemp's 8 characters), from before writers
-    were named."""
-    partial = re.compile(rf"\.{re.escape(name)}\.partial-(\d+)@(.+)\.[a-z0-9_]+")
-    unnamed = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}")
-    for entry in os.listdir(parent):
-        match = partial.fullmatch(entry)
-        stale = (checkpoint.is_dead({"pid": int(match[1]), "host": match[2]}) if match
-                 else bool(unnamed.fullmatch(entry)))
-        if stale and os.path.isdir(os.path.join(parent, entry)):
-            print(f"removing {os.path.join(parent, entry)}, left by a killed writer",
-                  file=sys.stderr, flush=True)
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)

@@ -3,7 +3,7 @@ from typing import Any
 
 import numpy as np
 
-from sdr_jax.cluster.assignments import Assignments
+from sdr_jax.data.assignments import Assignments
 
 
 def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:

@@ -16,11 +16,13 @@ from typing import Optional
 import numpy as np
 from ml_collections import ConfigDict
 
-from sdr_jax import paths, route
-from sdr_jax.errors import ConfigError
+from sdr_jax.core import paths
+
+from sdr_jax.core.errors import ConfigError
 from sdr_jax.eval import protocol
-from sdr_jax.models import build_model, path_spec
-from sdr_jax.train import checkpoint, mesh as mesh_lib
+from sdr_jax.models import build_model, export, path_spec
+from sdr_jax.train import checkpoint
+from sdr_jax.core import mesh as mesh_lib
 
 
 def parse_path(spec: paths.PathSpec, text: Optional[str]) -> np.ndarray:
@@ -45,8 +47,8 @@ def evaluate(config: ConfigDict, workdir: str, task_name: str, path: Optional[st
     if os.path.exists(os.path.join(workdir, "model.json")):
         if path:
             raise ConfigError(f"{workdir} is an exported sub-net (one path); drop --path.")
-        model, variables = route.load_exported(workdir)
-        meta = route.exported_meta(workdir)
+        model, variables = export.load_exported(workdir)
+        meta = export.exported_meta(workdir)
         network = f"exported sub-net, path {meta['path']} (bn={meta['bn']})"
         pool_dataset, data_dir, image_size = meta["pool_dataset"], meta["data_dir"], \
             meta["image_size"]

@@ -5,6 +5,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sdr_jax.core.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -26,8 +28,8 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """The per-process share of a global batch; it must split evenly over the devices."""
     num_devices = mesh.devices.size
     if global_batch_size % num_devices:
-        raise ValueError(f"batch_size={global_batch_size} does not split over {num_devices} devices; "
-                         f"use a multiple of {num_devices}.")
+        raise ConfigError(f"batch_size={global_batch_size} does not split over {num_devices} devices; "
+                          f"use a multiple of {num_devices}.")
     return global_batch_size // jax.process_count()
 
 

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from sdr_jax.data import augment as augment_lib
+from sdr_jax.core.errors import ConfigError
 
 
 class RandomAccessSource(Protocol):
@@ -85,7 +86,7 @@ def _shard_positions(source: RandomAccessSource, indices: Sequence[int] | np.nda
     _check_process(process_index, process_count)
     size = len(source)
     if size == 0:
-        raise ValueError("the source is empty: build the dataset (or pick a split) that has data.")
+        raise ConfigError("the source is empty: build the dataset (or pick a split) that has data.")
     if indices is None:
         positions = np.arange(size, dtype=np.int64)
     else:
@@ -117,15 +118,15 @@ def pretrain_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
     """
     augment_lib.validate_aug_config(aug_cfg)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
     if num_epochs is not None and num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1 or None (forever), got {num_epochs}.")
+        raise ConfigError(f"num_epochs must be >= 1 or None (forever), got {num_epochs}.")
     positions = _shard_positions(source, indices, process_index, process_count)
     if batch_size > len(positions):
-        raise ValueError(f"batch_size {batch_size} is larger than this process's shard of "
-                         f"{len(positions)} records: lower batch_size or use more data.")
+        raise ConfigError(f"batch_size {batch_size} is larger than this process's shard of "
+                          f"{len(positions)} records: lower batch_size or use more data.")
     allow_unparsed_absl_flags()
     process_seed = _process_seed(seed, process_index)
     ds = (grain.MapDataset.source(_Records(source, positions))
@@ -163,7 +164,7 @@ def eval_batches(source: RandomAccessSource, *, batch_size: int, image_size: int
     batches, so collective eval steps stay in lockstep across hosts.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     positions = _shard_positions(source, None, process_index, process_count)
     largest_shard = -(-len(source) // process_count)
     num_batches = -(-largest_shard // batch_size)

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from sdr_jax.errors import SDRError
-
-from sdr_jax.paths import PathSpec
+from sdr_jax.core import io
+from sdr_jax.core.errors import SDRError
+from sdr_jax.core.paths import PathSpec
 
 FORMAT_VERSION = 1
 
@@ -76,14 +76,19 @@ class Assignments:
         return self.num_groups**self.num_blocks
 
     @property
+    def spec(self) -> PathSpec:
+        """The path space; it knows the tree's node order."""
+        return PathSpec(self.num_blocks, self.num_groups)
+
+    @property
     def paths(self) -> np.ndarray:
         """(n, L) path codes of every example's leaf."""
-        return PathSpec(self.num_blocks, self.num_groups).index_to_path(self.leaves)
+        return self.spec.index_to_path(self.leaves)
 
     def node_ids(self, depth: int) -> np.ndarray:
         """(n,) id of every example's tree node at `depth` (0 = root, L = leaf)."""
         self._check_depth(depth)
-        return self.leaves // self.num_groups**(self.num_blocks - depth)
+        return self.spec.suffix_node_of_leaf(self.leaves, depth)
 
     def sizes(self, depth: int) -> np.ndarray:
         """(G**depth,) number of examples under every node at `depth`."""
@@ -108,14 +113,7 @@ class Assignments:
                   "leaves": self.leaves, "paths": self.paths}
         arrays.update({f"sizes_depth{s}": self.sizes(s) for s in range(1, self.num_blocks + 1)})
         arrays.update({f"centroids_level{l}": c for l, c in enumerate(self.centroids)})
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        io.write_npz(path, arrays)
 
     def _check_depth(self, depth: int) -> None:
         if not 0 <= depth <= self.num_blocks:
@@ -135,8 +133,7 @@ class Assignments:
         if np.any(codes[:free] != -1):
             raise AssignmentsError(f"only the leading blocks of a partial path may be free (-1); "
                                    f"got {partial_path!r}.")
-        fixed = codes[free:]
-        return blocks - free, int(np.sum(fixed * g**np.arange(len(fixed))))
+        return self.spec.suffix_node(codes)
 
 
 def load(path: str | os.PathLike, *, num_groups: int | None = None,
@@ -153,8 +150,7 @@ def load(path: str | os.PathLike, *, num_groups: int | None = None,
     if not os.path.isfile(path):
         raise AssignmentsError(f"no assignments file at {path}; run the clustering job first.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = dict(data)
+        arrays = io.read_npz(path)
         metadata = json.loads(str(arrays.pop("metadata")))
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # A truncated, empty or overwritten file: what numpy's zip reader raises for each.

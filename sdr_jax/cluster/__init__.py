@@ -1,1 +1,0 @@
-"""sdr_jax.cluster."""

@@ -1,0 +1,1 @@
+"""sdr_jax.jobs.cluster."""

@@ -1,0 +1,51 @@
+"""Distillation of a sub-net towards the SDRnet (DESIGN §2.5), whatever the SSL method.
+
+Each sub-net's SiamKD head (`kd`, a second predictor) predicts the SDRnet's projection z of the
+same image; the SDRnet side is the teacher: stop-gradient, one way. SiamKD scores the
+prediction in SimSiam's negative-cosine form; the L2 baseline by squared distance.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sdr_jax import methods
+from sdr_jax.core.errors import ConfigError
+
+
+def siamkd_loss(kd_prediction: jax.Array, teacher_z: jax.Array) -> jax.Array:
+    """SiamKD: a sub-net predicts the SDRnet's projection of the same image, one way
+    (stop-gradient on the teacher), in SimSiam's negative-cosine form."""
+    return methods.negative_cosine(kd_prediction, teacher_z)
+
+
+def l2_distill_loss(kd_prediction: jax.Array, teacher_z: jax.Array) -> jax.Array:
+    """The L2 distillation baseline: mean squared error to the stop-gradient teacher."""
+    teacher_z = jax.lax.stop_gradient(teacher_z).astype(jnp.float32)
+    return jnp.mean(jnp.sum((kd_prediction.astype(jnp.float32) - teacher_z) ** 2, axis=-1))
+
+
+KD_LOSSES = {"siamkd": siamkd_loss, "l2": l2_distill_loss}
+
+
+def check(kind: str) -> None:
+    if kind not in KD_LOSSES:
+        raise ConfigError(f"sdr.kd={kind!r}; choose one of {sorted(KD_LOSSES)}.")
+
+
+def distill_loss(kind: str, model, params, batch_stats, student: tuple[dict, dict],
+                 views: tuple[jax.Array, jax.Array], teacher_path: jax.Array) -> jax.Array:
+    """The mean over both views of KD(student's `kd` output -> the teacher's z).
+
+    The teacher is `model` on `teacher_path` (the SDRnet: all groups) with the stop-gradient
+    `params`, in train mode on the same images (its BN uses this batch; its statistics are not
+    updated).
+    """
+    kd_fn = KD_LOSSES[kind]
+    teacher_params = jax.lax.stop_gradient(params)
+    terms = []
+    for out, view in zip(student, views):
+        teacher, _ = model.apply({"params": teacher_params, "batch_stats": batch_stats}, view,
+                                 teacher_path, train=True, mutable=["batch_stats"])
+        terms.append(kd_fn(out["kd"], teacher["z"]))
+    return 0.5 * (terms[0] + terms[1])
