@@ -143,6 +143,13 @@ class ClusterConfig:
     epochs: int = 5            # Passes over the data per tree level.
     batch_size: int = 4096     # Global batch; split over the mesh's devices.
     seed: int = 0
+    # Hard assignment after each level: 'balanced' (equal children per node, up to ties, by
+    # `sinkhorn.balanced_assignment`) or 'argmax' (each example to its best-scoring child).
+    assign: str = "balanced"
+    assign_iters: int = 100    # Price iterations of the balanced assignment.
+    # Features up to this size live on the devices (one copy each) and a level's epochs are one
+    # jitted scan over its batches; larger ones stream from the host, a dispatch per batch.
+    device_features_mb: int = 2048
 
     def __post_init__(self):
         for name in ("epsilon", "tau", "learning_rate"):
@@ -150,7 +157,13 @@ class ClusterConfig:
                 raise ConfigError(f"cluster.{name} must be > 0; got {getattr(self, name)}.")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"cluster.momentum must lie in [0, 1); got {self.momentum}.")
-        for name in ("sinkhorn_iters", "epochs", "batch_size"):
+        if self.assign not in ("balanced", "argmax"):
+            raise ConfigError(f"cluster.assign must be 'balanced' or 'argmax'; got "
+                              f"{self.assign!r}.")
+        if not (isinstance(self.device_features_mb, int) and self.device_features_mb >= 0):
+            raise ConfigError(f"cluster.device_features_mb must be an int >= 0; got "
+                              f"{self.device_features_mb!r}.")
+        for name in ("sinkhorn_iters", "epochs", "batch_size", "assign_iters"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ConfigError(f"cluster.{name} must be an int >= 1; got "
                                   f"{getattr(self, name)!r}.")

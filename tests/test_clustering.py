@@ -137,3 +137,34 @@ def test_config_dict_round_trip():
     config = ClusterConfig().to_config()
     config.epochs = 7
     assert ClusterConfig.from_mapping(config) == ClusterConfig(epochs=7)
+
+
+def test_resident_features_train_like_the_streaming_loop():
+    """The on-device scan over a level's batches == one host dispatch per batch."""
+    feats, _ = hierarchical_blobs(2, 2, per_leaf=96, seed=5)
+    cfg = ClusterConfig(epochs=3, batch_size=64, seed=1)
+    on_device = fit(feats, None, 2, 2, cfg)
+    streamed = fit(feats, None, 2, 2, dataclasses.replace(cfg, device_features_mb=0))
+    for a, b in zip(on_device.centroids, streamed.centroids):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_array_equal(on_device.leaves, streamed.leaves)
+
+
+def test_balanced_assignment_evens_out_a_skewed_pool():
+    """Blob sizes 4:2:1:1 into 4 leaves: best-child assignment follows the blobs (max/min
+    near 4); the balanced assignment gives every leaf the same number of examples."""
+    rng = np.random.default_rng(6)
+    centers = np.linalg.qr(rng.normal(size=(16, 16)))[0][:4]
+    sizes = [512, 256, 128, 128]
+    feats = np.concatenate([c + 0.05 * rng.normal(size=(n, 16)) for c, n in zip(centers, sizes)])
+    feats = feats[rng.permutation(len(feats))].astype(np.float32)
+    cfg = ClusterConfig(epochs=3, batch_size=128)
+    balanced = fit(feats, None, 2, 2, cfg).sizes(2)
+    best = fit(feats, None, 2, 2, dataclasses.replace(cfg, assign="argmax")).sizes(2)
+    assert balanced.max() / balanced.min() <= 1.05, balanced
+    assert best.max() / best.min() > 3, best
+
+
+def test_cluster_config_rejects_unknown_assignment():
+    with pytest.raises(ValueError, match="'balanced' or 'argmax'"):
+        ClusterConfig(assign="greedy")

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
+from sdr_jax.jobs.cluster.sinkhorn import balanced_assignment, sinkhorn
 
 
 def numpy_sinkhorn(scores, epsilon, num_iters, segment_ids=None):
@@ -103,3 +103,36 @@ def test_bad_inputs_are_rejected_clearly():
         sinkhorn(scores, 0.05, 3, segment_ids=jnp.zeros(5, jnp.int32), num_segments=2)
     with pytest.raises(ValueError, match="floating"):
         sinkhorn(jnp.zeros((4, 3), jnp.int32), 0.05, 3)
+
+
+def test_balanced_assignment_is_the_optimal_equal_split_for_two_clusters():
+    """For k=2 the best equal split is a threshold on s0 - s1 (the top half to cluster 0)."""
+    scores = np.random.default_rng(3).normal(size=(200, 2)).astype(np.float32)
+    chosen = np.asarray(balanced_assignment(scores, 300))
+    margin = scores[:, 0] - scores[:, 1]
+    np.testing.assert_array_equal(chosen == 0, margin >= np.median(margin))
+
+
+def test_balanced_assignment_per_segment_on_skewed_scores():
+    rng = np.random.default_rng(4)
+    scores = np.array([0.9, 0.1, 0.0, -0.2], np.float32) + rng.normal(
+        scale=0.05, size=(400, 4)).astype(np.float32)  # everybody prefers cluster 0
+    segments = rng.integers(0, 3, size=400).astype(np.int32)
+    chosen = np.asarray(balanced_assignment(scores, 300, segment_ids=segments, num_segments=3))
+    for seg in range(3):
+        counts = np.bincount(chosen[segments == seg], minlength=4)
+        assert counts.max() - counts.min() <= 2, counts  # ~135 examples: 33-34 each, up to ties
+
+
+def test_balanced_assignment_distributed_equals_one_device():
+    mesh = jax.make_mesh((8,), ("data",))
+    scores = _scores(256, 4)
+    segments = np.random.default_rng(5).integers(0, 3, size=256).astype(np.int32)
+    solve = lambda s, seg: balanced_assignment(s, 200, axis_name="data", segment_ids=seg,
+                                               num_segments=3)
+    sharded = jax.jit(jax.shard_map(solve, mesh=mesh, in_specs=(P("data"), P("data")),
+                                    out_specs=P("data")))
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+    np.testing.assert_array_equal(
+        np.asarray(sharded(put(scores), put(segments))),
+        np.asarray(balanced_assignment(scores, 200, segment_ids=segments, num_segments=3)))

@@ -45,7 +45,21 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
     global gradient) and `update_norm` (of the optimiser's update) are added here. The batch is
     split over the mesh's axes on its leading dimension (`batch_spec` to change that).
     """
-    axes = mesh.axis_names
+    sharded = jax.shard_map(make_update(loss_fn, tx, mesh.axis_names, metrics=metrics,
+                                        after_update=after_update),
+                            mesh=mesh,
+                            in_specs=(P(), P(mesh.axis_names) if batch_spec is None else batch_spec),
+                            out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def make_update(loss_fn: LossFn, tx: optax.GradientTransformation, axes: Any, *,
+                metrics: type[clu_metrics.Collection],
+                after_update: Callable[[TrainState], TrainState] | None = None
+                ) -> Callable[[TrainState, Any], tuple[TrainState, clu_metrics.Collection]]:
+    """The body of `make_step` for one device's share of the batch, to run inside a
+    `jax.shard_map` over `axes` (e.g. in a `lax.scan` over batches, as the clustering job's
+    on-device epochs)."""
 
     def step(state: TrainState, batch: Any):
         def objective(params):
@@ -64,7 +78,4 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
             update_norm=optax.global_norm(updates), **values)
         return new.replace(step=state.step + 1), report
 
-    sharded = jax.shard_map(step, mesh=mesh,
-                            in_specs=(P(), P(axes) if batch_spec is None else batch_spec),
-                            out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0)
+    return step

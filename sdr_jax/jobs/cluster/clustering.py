@@ -31,7 +31,7 @@ from sdr_jax.core.errors import ConfigError, SDRError
 from sdr_jax.core.numerics import l2_normalize
 from sdr_jax.data.assignments import Assignments
 from sdr_jax.jobs.cluster.store import FeatureStore
-from sdr_jax.jobs.cluster.sinkhorn import sinkhorn
+from sdr_jax.jobs.cluster.sinkhorn import balanced_assignment, sinkhorn
 from sdr_jax.train import step as step_lib
 from sdr_jax.train.state import TrainState
 
@@ -81,14 +81,19 @@ def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks:
     read = features.read if isinstance(features, FeatureStore) else (
         lambda rows: np.asarray(features[rows], np.float32))
 
+    # Features that fit live on the devices (one copy each): a level trains in one dispatch.
+    resident = num_examples * dim * 4 <= cfg.device_features_mb * 2**20
+    source = (jax.device_put(read(np.arange(num_examples)), NamedSharding(mesh, P()))
+              if resident else read)
     nodes = np.zeros(num_examples, np.int64)  # Depth-0: everybody is under the root.
     _check_nonempty(nodes, num_groups, 0, num_blocks)
     centroids = []
     for level in range(num_blocks):
         rng = np.random.default_rng([cfg.seed, level])
         params = _init_centroids(read, nodes, num_groups, level, rng)
-        params = _train_level(params, read, nodes, cfg, mesh, rng, level)
-        children = _hard_assign(params, read, nodes, cfg, mesh)
+        params = _train_level(params, source, nodes, cfg, mesh, rng, level)
+        children = _assign(_child_scores(params, source, nodes, cfg, mesh), nodes,
+                           num_groups**level, cfg)
         nodes = nodes * num_groups + children
         _check_nonempty(nodes, num_groups, level + 1, num_blocks)
         centroids.append(np.asarray(params))
@@ -123,29 +128,55 @@ def _init_centroids(read: Callable[[np.ndarray], np.ndarray], nodes: np.ndarray,
     return np.stack(params)
 
 
-def _train_level(params: np.ndarray, read, nodes: np.ndarray, cfg: ClusterConfig,
+def _train_level(params: np.ndarray, source, nodes: np.ndarray, cfg: ClusterConfig,
                  mesh: jax.sharding.Mesh, rng: np.random.Generator, level: int) -> jax.Array:
-    steps_per_epoch = len(nodes) // cfg.batch_size  # The remainder is reshuffled in next epoch.
-    schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.epochs * steps_per_epoch)
+    """SGD on the level's centroids, `cfg.epochs` passes over the data in random batches.
+
+    `source` is the device-resident feature matrix (the whole level is then one jitted scan
+    over its batches, gathered on the device) or the store's `read` (one dispatch per batch,
+    read on the host); both see the same batches and give the same centroids.
+    """
+    orders = _batch_orders(len(nodes), cfg, rng)  # (epochs, steps, batch) rows
+    schedule = optax.cosine_decay_schedule(cfg.learning_rate, orders.shape[0] * orders.shape[1])
     optimizer = optax.sgd(schedule, momentum=cfg.momentum)
     state = jax.device_put(
         TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
                    opt_state=optimizer.init(params), method_state={}), NamedSharding(mesh, P()))
-    step = _make_train_step(optimizer, cfg, mesh, params.shape[0])
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(len(nodes))
-        for batch in range(steps_per_epoch):
-            # Sorted rows read faster from a memory-mapped store; the batch stays random.
-            rows = np.sort(order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size])
-            feats, parents = _shard_batch(mesh, read(rows), nodes[rows])
-            state, metrics = step(state, {"feats": feats, "parents": parents})
-        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch,
-                     float(metrics.compute()["loss"]))
+    update = _make_update(optimizer, cfg, mesh, params.shape[0])
+    if isinstance(source, jax.Array):
+        state, losses = _level_on_device(update, mesh, cfg)(
+            state, source, jax.device_put(nodes.astype(np.int32), NamedSharding(mesh, P())),
+            jax.device_put(orders.reshape(-1, cfg.batch_size).astype(np.int32),
+                           NamedSharding(mesh, P())))
+        losses = np.asarray(losses).reshape(orders.shape[:2])[:, -1]
+    else:
+        axes = mesh.axis_names
+        step = jax.jit(jax.shard_map(update, mesh=mesh, in_specs=(P(), P(axes)),
+                                     out_specs=(P(), P())), donate_argnums=0)
+        losses = []
+        for batches in orders:
+            for rows in batches:
+                feats, parents = _shard_batch(mesh, source(rows), nodes[rows])
+                state, metrics = step(state, {"feats": feats, "parents": parents})
+            losses.append(float(metrics.compute()["loss"]))
+    for epoch, loss in enumerate(losses):
+        logging.info("cluster level %d epoch %d: loss %.4f", level, epoch, loss)
     return state.params
 
 
-def _make_train_step(optimizer: optax.GradientTransformation, cfg: ClusterConfig,
-                     mesh: jax.sharding.Mesh, num_nodes: int):
+def _batch_orders(num_examples: int, cfg: ClusterConfig, rng: np.random.Generator) -> np.ndarray:
+    """(epochs, steps, batch) rows of a level's batches: a permutation per epoch (the remainder
+    is reshuffled into the next epoch), rows sorted within a batch (sorted rows read faster
+    from a memory-mapped store; the batch stays random)."""
+    steps = num_examples // cfg.batch_size
+    return np.stack([np.sort(rng.permutation(num_examples)[:steps * cfg.batch_size]
+                             .reshape(steps, cfg.batch_size), axis=1)
+                     for _ in range(cfg.epochs)])
+
+
+def _make_update(optimizer: optax.GradientTransformation, cfg: ClusterConfig,
+                 mesh: jax.sharding.Mesh, num_nodes: int):
+    """One SGD step on this device's share of a batch (`step.make_update`: inside shard_map)."""
     axes = mesh.axis_names
 
     def loss_fn(params, state, batch):
@@ -157,25 +188,55 @@ def _make_train_step(optimizer: optax.GradientTransformation, cfg: ClusterConfig
         return jnp.mean(cross_entropy), (state.batch_stats, state.method_state, {})
 
     # The centroids stay on the unit sphere after every update.
-    return step_lib.make_step(loss_fn, optimizer, mesh, metrics=_METRICS,
-                              after_update=lambda s: s.replace(params=l2_normalize(s.params)))
+    return step_lib.make_update(loss_fn, optimizer, axes, metrics=_METRICS,
+                                after_update=lambda s: s.replace(params=l2_normalize(s.params)))
 
 
-def _hard_assign(params: jax.Array, read, nodes: np.ndarray, cfg: ClusterConfig,
-                 mesh: jax.sharding.Mesh) -> np.ndarray:
-    """argmax over each example's G candidate children, in fixed-size (padded) batches."""
-    axes = mesh.axis_names
-    assign = jax.jit(jax.shard_map(lambda c, f, p: jnp.argmax(_scores(c, f, p), axis=-1),
-                                   mesh=mesh, in_specs=(P(), P(axes), P(axes)),
-                                   out_specs=P(axes)))
-    children = np.empty(len(nodes), np.int64)
-    for start in range(0, len(nodes), cfg.batch_size):
-        rows = np.arange(start, min(start + cfg.batch_size, len(nodes)))
-        pad = cfg.batch_size - len(rows)
-        feats = np.pad(read(rows), ((0, pad), (0, 0)))
-        parents = np.pad(nodes[rows], (0, pad))
-        children[rows] = np.asarray(assign(params, *_shard_batch(mesh, feats, parents)))[:len(rows)]
-    return children
+def _level_on_device(update, mesh: jax.sharding.Mesh, cfg: ClusterConfig):
+    """(state, features, nodes, batch rows (steps, batch)) -> (state, loss per step): the scan
+    of `update` over a level's batches; each device gathers its slice of every batch."""
+    axes, per_device = mesh.axis_names, cfg.batch_size // mesh.size
+
+    def level(state, feats, nodes, orders):
+        first = jax.lax.axis_index(axes) * per_device
+
+        def one_batch(state, rows):
+            rows = jax.lax.dynamic_slice_in_dim(rows, first, per_device)
+            state, metrics = update(state, {"feats": feats[rows], "parents": nodes[rows]})
+            return state, metrics.compute()["loss"]
+
+        return jax.lax.scan(one_batch, state, orders)
+
+    return jax.jit(jax.shard_map(level, mesh=mesh, in_specs=(P(), P(), P(), P()),
+                                 out_specs=(P(), P())), donate_argnums=0)
+
+
+def _child_scores(params: jax.Array, source, nodes: np.ndarray, cfg: ClusterConfig,
+                  mesh: jax.sharding.Mesh) -> np.ndarray:
+    """(n, G): every example's scores against its node's G children, batch by batch."""
+    axes, num = mesh.axis_names, len(nodes)
+    padded = -(-num // cfg.batch_size) * cfg.batch_size
+    rows = np.minimum(np.arange(padded), num - 1)  # padding repeats the last row
+    parents = nodes[rows].astype(np.int32)
+    score = jax.jit(jax.shard_map(_scores, mesh=mesh, in_specs=(P(), P(axes), P(axes)),
+                                  out_specs=P(axes)))
+    by_rows = NamedSharding(mesh, P(axes))
+    chunks = []
+    for r in np.split(rows, padded // cfg.batch_size):
+        feats = source[r] if isinstance(source, jax.Array) else source(r)
+        chunks.append(score(params, jax.device_put(feats, by_rows),
+                            jax.device_put(parents[r], by_rows)))
+    return np.concatenate([np.asarray(chunk) for chunk in chunks])[:num]
+
+
+def _assign(scores: np.ndarray, nodes: np.ndarray, num_nodes: int,
+            cfg: ClusterConfig) -> np.ndarray:
+    """Each example's child: balanced within its node, or its best-scoring one."""
+    if cfg.assign == "argmax":
+        return np.argmax(scores, axis=-1).astype(np.int64)
+    assign = jax.jit(lambda s, seg: balanced_assignment(s, cfg.assign_iters, segment_ids=seg,
+                                                        num_segments=num_nodes))
+    return np.asarray(assign(scores, jnp.asarray(nodes, jnp.int32))).astype(np.int64)
 
 
 def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.Array:
