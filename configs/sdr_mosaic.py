@@ -4,20 +4,33 @@
   python launch/train.py --config=configs/sdr_mosaic.py --workdir=runs/sdr \\
       --config.sdr.assignments=runs/cluster/assignments.npz
 
-`:tiny` is a seconds-long smoke test on `mosaic/small`.
+`:tiny` is a seconds-long smoke test on `mosaic/small`. `:GxL` (e.g. `:2x2`, `:tiny,2x2`) sets
+G groups in the last L ResNet stages (G^L sub-nets): the number-of-sub-nets ablation
+(docs/RESULTS.md), and what a clustering job's `sdr_config` names for that SDRnet.
 """
 from sdr_jax.config_base import MOSAIC_IMAGE_SIZE, make_tiny, use_mosaic_recipe, sdr_config
 
 
 def get_config(arg: str | None = None):
+    parts = [part for part in (arg or "").split(",") if part]
+    tiny = "tiny" in parts
+    shapes = [part for part in parts if part != "tiny"]
+    if len(shapes) > 1 or (shapes and not _is_shape(shapes[0])):
+        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny', ':GxL' (e.g. '2x2'), "
+                         "both (':tiny,2x2') or nothing.")
+    groups, blocks = (int(x) for x in shapes[0].split("x")) if shapes else (2, 4)
     config = sdr_config(dataset="mosaic", image_size=MOSAIC_IMAGE_SIZE, arch="resnet18",
-                        width=0.25, stem="small", proj_dim=512, pred_dim=128, num_groups=2)
-    config.model.sdr.num_paths = 16
+                        width=0.25, stem="small", proj_dim=512, pred_dim=128, num_groups=groups,
+                        stages=tuple(range(4 - blocks, 4)))
+    config.model.sdr.num_paths = groups ** blocks
     use_mosaic_recipe(config)
-    config.sdr.paths_per_step = 4
+    config.sdr.paths_per_step = min(4, groups ** blocks)
     config.sdr.subnet_batch_size = 32
-    if arg == "tiny":
+    if tiny:
         make_tiny(config)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny' or nothing.")
     return config.lock()
+
+
+def _is_shape(text: str) -> bool:
+    groups, _, blocks = text.partition("x")
+    return groups.isdigit() and blocks.isdigit() and int(groups) >= 1 and 1 <= int(blocks) <= 4

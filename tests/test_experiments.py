@@ -1,0 +1,85 @@
+"""launch/experiments.py at :tiny end to end: arms run on mosaic/small, the report is made from
+the run directories, a second run skips the finished arms. No accuracy level is asserted."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sdr_jax import experiments
+from sdr_jax.config_base import load_config_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir):
+    config = load_config_file("configs/experiments_mosaic.py:tiny")
+    config.data_dir = data_dir
+    return config
+
+
+def test_runs_reports_and_resumes(small_mosaic_dir, tmp_path):
+    config = tiny_config(small_mosaic_dir)
+    workdir, report = str(tmp_path / "exp"), str(tmp_path / "docs" / "RESULTS.md")
+    names = [arm.name for arm in config.arms]
+    assert names == ["sdr_seed0", "simsiam_pool", "simsiam_mnist", "ablation_kd_l2"]
+
+    status = experiments.run(config, workdir, report=report, command="pytest")
+    assert status == {name: "finished" for name in names}
+    # The SimSiam-only arm trained on mnist's pool images only.
+    with open(os.path.join(workdir, "simsiam_mnist", "simsiam", "config.json")) as f:
+        assert json.load(f)["data"]["domains"] == ["mnist"]
+    # The ablation reused seed 0's SimSiam run and clusters, and trained its own SDRnet.
+    ablation = os.path.join(workdir, "ablation_kd_l2")
+    assert os.path.islink(os.path.join(ablation, "simsiam"))
+    assert os.path.islink(os.path.join(ablation, "cluster"))
+    assert not os.path.islink(os.path.join(ablation, "sdr"))
+    record = json.load(open(os.path.join(ablation, "arm.json")))
+    assert record["command"] == "pytest" and record["machine"]["cores"] >= 1
+
+    text = open(report).read()
+    for heading in ("## 1. SDR vs SimSiam", "## 2. Negative transfer", "## 3. Routing sanity",
+                    "## 4. Ablations", "## Runs: commands, wall times, machine"):
+        assert heading in text
+    assert "| mnist |" in text and "mnist only" in text and "ablation_kd_l2" in text
+    assert "Not run" not in text  # every arm finished
+
+    # Resume: nothing runs again; --report_only makes the same tables from the directories.
+    assert experiments.run(config, workdir, report=report) == {n: "skipped" for n in names}
+    again = experiments.write_report(config, workdir, str(tmp_path / "again.md"))
+    assert again == text
+
+
+def test_unfinished_arms_are_listed_and_bad_input_is_one_line(small_mosaic_dir, tmp_path):
+    config = tiny_config(small_mosaic_dir)
+    text = experiments.write_report(config, str(tmp_path / "empty"), str(tmp_path / "R.md"))
+    assert "0 of 4 arms finished" in text
+    assert "sdr_seed0, simsiam_pool, simsiam_mnist, ablation_kd_l2" in text
+    with pytest.raises(experiments.ExperimentError, match="unknown arm 'nope'"):
+        experiments.run(config, str(tmp_path / "x"), arms=["nope"])
+    config.arms[0].overrides = (("simsiam.no_such_field", 1),)
+    with pytest.raises(experiments.ExperimentError, match="cannot set simsiam.no_such_field"):
+        experiments.run(config, str(tmp_path / "x"))
+    result = subprocess.run(
+        [sys.executable, "launch/experiments.py", "--config=configs/experiments_mosaic.py:tiny",
+         f"--workdir={tmp_path / 'y'}", "--arms=nope"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown arm 'nope'")
+
+
+def test_configs_are_inert_and_variants_checked():
+    code = ("import sys; from sdr_jax.config_base import load_config_file as l; "
+            "[l('configs/experiments_mosaic.py' + v) for v in ('', ':tiny', ':long')]; "
+            "print('tensorflow_datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.stdout.strip() == "False", out.stderr
+    for variant in ("", "tiny", "long"):
+        config = load_config_file(f"configs/experiments_mosaic.py:{variant}")
+        experiments.check_config(config)
+        for arm in config.arms:  # every override names a real field
+            experiments.arm_config(config, arm)
+    with pytest.raises(ValueError, match="Unknown config variant"):
+        load_config_file("configs/experiments_mosaic.py:huge")
