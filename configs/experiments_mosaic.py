@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
             for seed in seeds]
     # Negative transfer: SimSiam on the whole pool and on each pool domain alone, the same
     # number of steps for every arm (fewer than the headline's SimSiam: 6 runs had to fit).
-    steps = () if tiny else (("simsiam.train.num_steps", 800 if arg != "long" else 16000),)
+    steps = () if tiny else (("simsiam.train.num_steps", 500 if arg != "long" else 16000),)
     arms.append(arm("simsiam_pool", "negative_transfer", kind="simsiam", overrides=steps))
     domains = ("mnist",) if tiny else POOL_DOMAINS
     arms += [arm(f"simsiam_{domain}", "negative_transfer", kind="simsiam",
