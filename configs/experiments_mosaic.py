@@ -29,10 +29,11 @@ STUDIES = ("headline", "negative_transfer", "ablation")
 
 
 def arm(name: str, study: str, kind: str = "pipeline", overrides=(), share_from: str = "",
-        shared=()) -> ml_collections.ConfigDict:
+        shared=(), note: str = "") -> ml_collections.ConfigDict:
+    """`note`: what the arm changes, in a few words (the report's tables)."""
     return ml_collections.ConfigDict(dict(
         name=name, study=study, kind=kind, overrides=tuple(overrides), share_from=share_from,
-        shared=tuple(shared), note=""))
+        shared=tuple(shared), note=note))
 
 
 def get_config(arg: str | None = None):
@@ -63,23 +64,26 @@ def get_config(arg: str | None = None):
              for domain in domains]
     arms += [
         arm("ablation_kd_l2", "ablation", overrides=(("sdr.sdr.kd", "l2"),),
-            share_from="sdr_seed0", shared=shared_start),
+            share_from="sdr_seed0", shared=shared_start, note="L2 distillation, not SiamKD"),
         arm("ablation_no_progressive", "ablation",
             overrides=(("sdr.sdr.progressive", False),),
-            share_from="sdr_seed0", shared=shared_start),
+            share_from="sdr_seed0", shared=shared_start,
+            note="progressive training off: every path from step 1"),
         # The number of sub-nets: G groups in the last L stages (1 sub-net = SimSiam itself,
         # 16 = the headline arms). Own clusters (made for that tree), seed 0's SimSiam.
         arm("ablation_subnets4", "ablation",
             overrides=(("cluster.sdr_config", sdr_file + "2x2"), ("sdr.model.sdr.stages", (2, 3)),
                        ("sdr.model.sdr.num_paths", 4),
                        ("sdr.sdr.stage_fractions", (0.0, 0.5, 0.5))),
-            share_from="sdr_seed0", shared=("simsiam", "baseline")),
+            share_from="sdr_seed0", shared=("simsiam", "baseline"),
+            note="G=2 groups x L=2 stages: 4 sub-nets"),
         arm("ablation_subnets64", "ablation",
             overrides=(("cluster.sdr_config", sdr_file + "4x3"),
                        ("sdr.model.sdr.num_groups", 4), ("sdr.model.sdr.stages", (1, 2, 3)),
                        ("sdr.model.sdr.num_paths", 64),
                        ("sdr.sdr.stage_fractions", (0.0, 1 / 3, 1 / 3, 1 / 3))),
-            share_from="sdr_seed0", shared=("simsiam", "baseline")),
+            share_from="sdr_seed0", shared=("simsiam", "baseline"),
+            note="G=4 groups x L=3 stages: 64 sub-nets"),
     ]
     if tiny:  # one ablation exercises sharing; the rest only cost time in a test
         arms = [a for a in arms if a.name not in ("ablation_no_progressive", "ablation_subnets4",

@@ -507,8 +507,9 @@ def _ablations(arms: list[dict[str, Any]], reference: str) -> list[str]:
     rows = [["SimSiam (1 sub-net)", "-", "1", _cell(ref_mean["simsiam"], ref_mean["simsiam"]),
              "-", "-", "-"]]
     for a in [ref] + ablations:
-        change = ", ".join(f"{field}={value}" for field, value in a["arm"].overrides
-                           if not field.endswith("seed")) or "(reference)"
+        change = a["arm"].note or ", ".join(f"{field}={value}" for field, value in
+                                            a["arm"].overrides if not field.endswith("seed"))
+        change = change if a is not ref else "(reference: G=2 x L=4, progressive, SiamKD)"
         if a["summary"] is None:
             rows.append([a["arm"].name, change, "-", "not run", "", "", ""])
             continue
