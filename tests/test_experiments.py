@@ -23,7 +23,7 @@ def test_runs_reports_and_resumes(small_mosaic_dir, tmp_path):
     config = tiny_config(small_mosaic_dir)
     workdir, report = str(tmp_path / "exp"), str(tmp_path / "docs" / "RESULTS.md")
     names = [arm.name for arm in config.arms]
-    assert names == ["sdr_seed0", "simsiam_pool", "simsiam_mnist", "ablation_kd_l2"]
+    assert names == ["sdr_seed0", "simsiam_pool", "simsiam_mnist", "ablation_no_progressive"]
 
     status = experiments.run(config, workdir, report=report, command="pytest")
     assert status == {name: "finished" for name in names}
@@ -31,7 +31,7 @@ def test_runs_reports_and_resumes(small_mosaic_dir, tmp_path):
     with open(os.path.join(workdir, "simsiam_mnist", "simsiam", "config.json")) as f:
         assert json.load(f)["data"]["domains"] == ["mnist"]
     # The ablation reused seed 0's SimSiam run and clusters, and trained its own SDRnet.
-    ablation = os.path.join(workdir, "ablation_kd_l2")
+    ablation = os.path.join(workdir, "ablation_no_progressive")
     assert os.path.islink(os.path.join(ablation, "simsiam"))
     assert os.path.islink(os.path.join(ablation, "cluster"))
     assert not os.path.islink(os.path.join(ablation, "sdr"))
@@ -42,7 +42,7 @@ def test_runs_reports_and_resumes(small_mosaic_dir, tmp_path):
     for heading in ("## 1. SDR vs SimSiam", "## 2. Negative transfer", "## 3. Routing sanity",
                     "## 4. Ablations", "## Runs: commands, wall times, machine"):
         assert heading in text
-    assert "| mnist |" in text and "mnist only" in text and "ablation_kd_l2" in text
+    assert "| mnist |" in text and "mnist only" in text and "ablation_no_progressive" in text
     assert "Not run" not in text  # every arm finished
 
     # Resume: nothing runs again; --report_only makes the same tables from the directories.
@@ -55,7 +55,7 @@ def test_unfinished_arms_are_listed_and_bad_input_is_one_line(small_mosaic_dir, 
     config = tiny_config(small_mosaic_dir)
     text = experiments.write_report(config, str(tmp_path / "empty"), str(tmp_path / "R.md"))
     assert "0 of 4 arms finished" in text
-    assert "sdr_seed0, simsiam_pool, simsiam_mnist, ablation_kd_l2" in text
+    assert "sdr_seed0, simsiam_pool, simsiam_mnist, ablation_no_progressive" in text
     with pytest.raises(experiments.ExperimentError, match="unknown arm 'nope'"):
         experiments.run(config, str(tmp_path / "x"), arms=["nope"])
     config.arms[0].overrides = (("simsiam.no_such_field", 1),)
