@@ -83,3 +83,16 @@ def test_configs_are_inert_and_variants_checked():
             experiments.arm_config(config, arm)
     with pytest.raises(ValueError, match="Unknown config variant"):
         load_config_file("configs/experiments_mosaic.py:huge")
+
+
+def test_restrict_to_domains(small_mosaic_dir):
+    from sdr_jax.data import datasets
+    from sdr_jax.data.sources import DataError
+    pool = datasets.open_source("mosaic/small", "pool", small_mosaic_dir)
+    mnist = datasets.restrict_to_domains(pool, ("mnist",))
+    records = mnist.__getitems__(list(range(len(mnist))))
+    assert 0 < len(mnist) < len(pool)
+    assert {r["domain"] for r in records} == {1}  # mosaic.DOMAIN_NAMES.index("mnist")
+    assert len(mnist) == sum(r["domain"] == 1 for r in pool.__getitems__(range(len(pool))))
+    with pytest.raises(DataError, match="unknown mosaic domain"):
+        datasets.restrict_to_domains(pool, ("mnsit",))
