@@ -433,6 +433,15 @@ def _transfer(arms: list[dict[str, Any]], plots: dict[str, str]) -> list[str]:
         lines += [f"![kNN per task: pool vs one domain]({plots['negative_transfer']})", ""]
     pool_tasks = [t for t in tasks if any(t in _domains(a) for a in domains)]
     won = sorted({task for task, _ in wins})
+    own = []
+    for a in domains:
+        for task in _domains(a):
+            if a["summary"] and task in tasks:
+                c, ref = _simsiam_cell(a, task), _simsiam_cell(pools[0], task)
+                own.append(f"{task} {100 * (c['accuracy'] - ref['accuracy']):+.1f} "
+                           f"({protocol.versus(c, ref)})")
+    lines += [f"- Own domain only vs {pools[0]['arm'].name}, on the domain's own task (points, "
+              f"marker): {'; '.join(own)}."]
     lines += [f"- Domain-only models that beat the whole pool beyond noise: "
               f"{', '.join(f'{domain} only on {task}' for task, domain in wins) or 'none'}.",
               f"- Pool tasks with such a model: {len(won)} of {len(pool_tasks)} (the issue's "
