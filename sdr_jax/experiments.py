@@ -34,13 +34,14 @@ from typing import Any, Optional, Sequence
 from ml_collections import ConfigDict
 
 from sdr_jax.config_base import load_config_file
-from sdr_jax.errors import SDRError
+from sdr_jax.errors import NonFiniteLossError, SDRError
 from sdr_jax.eval import protocol
 
 KINDS = ("pipeline", "simsiam")
 STUDIES = ("headline", "negative_transfer", "ablation")
 SHAREABLE = ("simsiam", "cluster", "baseline")
 ARM_FILE, SUMMARY_FILE, TIMINGS_FILE = "arm.json", "summary.json", "timings.json"
+FAILED_FILE = "failed.json"  # an arm whose training diverged (NonFiniteLossError)
 PLOT_FILES = {"headline": "results_headline.png", "negative_transfer": "results_transfer.png"}
 # The per-arm fields that define what an arm makes (compared on resume).
 _DEFINITION = ("kind", "overrides", "share_from", "shared")
@@ -130,8 +131,9 @@ def run(config: ConfigDict, workdir: str, *, arms: Optional[Sequence[str]] = Non
         report: Optional[str] = None, command: str = "") -> dict[str, str]:
     """Runs (or resumes) the selected arms in order, then writes the report.
 
-    Returns {arm name: 'skipped' | 'finished' | 'stopped'}; a stopped arm (a trainer's
-    max_steps_per_run) ends the run before the report: run the same command again."""
+    Returns {arm name: 'skipped' | 'finished' | 'failed' | 'stopped'}: a diverged arm
+    (NonFiniteLossError) is recorded in its failed.json and the next arm runs; a stopped arm
+    (a trainer's max_steps_per_run) ends the run before the report: run it again to continue."""
     check_config(config)
     selected = select_arms(config, arms)
     for arm in selected:  # every override is checked before anything runs
@@ -140,7 +142,15 @@ def run(config: ConfigDict, workdir: str, *, arms: Optional[Sequence[str]] = Non
     status: dict[str, str] = {}
     for arm in selected:
         print(f"==== arm {arm.name} ({arm.study}, {arm.kind})", flush=True)
-        status[arm.name] = run_arm(config, arm, workdir, command)
+        try:
+            status[arm.name] = run_arm(config, arm, workdir, command)
+        except NonFiniteLossError as error:  # a result (e.g. a diverging ablation), not a bug
+            _write_json(os.path.join(workdir, arm.name, FAILED_FILE), {
+                "error": str(error).splitlines()[0], "command": command,
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+            print(f"==== arm {arm.name} failed: {str(error).splitlines()[0]}", flush=True)
+            status[arm.name] = "failed"
+            continue
         if status[arm.name] == "stopped":
             print(f"==== arm {arm.name} stopped; run the same command again to continue.",
                   flush=True)
@@ -170,6 +180,8 @@ def run_arm(config: ConfigDict, arm: ConfigDict, workdir: str, command: str) -> 
             _simsiam_summary(pipeline_config, arm_dir)
     if not result["finished"]:
         return "stopped"
+    if os.path.exists(os.path.join(arm_dir, FAILED_FILE)):
+        os.remove(os.path.join(arm_dir, FAILED_FILE))
     _write_json(os.path.join(arm_dir, ARM_FILE), {
         "name": arm.name, "study": arm.study, **_definition(arm), "pipeline": config.pipeline,
         "command": command, "equivalent_command": equivalent_command(config, arm, workdir),
@@ -272,6 +284,7 @@ def load_arms(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
         arm_dir = os.path.join(workdir, arm.name)
         record = _read_json(os.path.join(arm_dir, ARM_FILE))
         arms.append({"arm": arm, "dir": arm_dir, "record": record,
+                     "failed": _read_json(os.path.join(arm_dir, FAILED_FILE)),
                      "summary": _read_json(os.path.join(arm_dir, SUMMARY_FILE)) if record else None,
                      "timings": _read_json(os.path.join(arm_dir, TIMINGS_FILE)) or {},
                      "cluster": _read_json(os.path.join(arm_dir, "cluster", "summary.json"))})
@@ -306,7 +319,12 @@ def format_report(config: ConfigDict, workdir: str, arms: list[dict[str, Any]],
         lines += _setup(done)
     lines += _headline(arms, plots) + _transfer(arms, plots) + _routing(arms)
     lines += _ablations(arms, config.ablation_reference) + _times(config, arms, workdir)
-    missing = [a["arm"].name for a in arms if a["summary"] is None]
+    failed = [a for a in arms if a["summary"] is None and a["failed"]]
+    if failed:
+        lines += ["## Failed", ""] + [f"- `{a['arm'].name}` ({a['arm'].note or a['arm'].study}): "
+                                      f"{a['failed']['error']} ({a['failed']['at']})"
+                                      for a in failed] + [""]
+    missing = [a["arm"].name for a in arms if a["summary"] is None and not a["failed"]]
     if missing:
         lines += ["## Not run", "", "These arms have no finished run directory (they did not fit "
                   f"the budget or were not selected): {', '.join(missing)}.", ""]
@@ -520,7 +538,8 @@ def _ablations(arms: list[dict[str, Any]], reference: str) -> list[str]:
                                             a["arm"].overrides if not field.endswith("seed"))
         change = change if a is not ref else "(reference: G=2 x L=4, progressive, SiamKD)"
         if a["summary"] is None:
-            rows.append([a["arm"].name, change, "-", "not run", "", "", ""])
+            rows.append([a["arm"].name, change, "-",
+                         "failed (diverged, see below)" if a["failed"] else "not run", "", "", ""])
             continue
         mean = a["summary"]["mean"]["knn"]
         num_paths = next(iter(a["summary"]["tasks"].values()))["num_paths"]
@@ -547,7 +566,8 @@ def _times(config: ConfigDict, arms: list[dict[str, Any]], workdir: str) -> list
         stages = ", ".join(f"{stage} {s:.0f}" for stage, s in seconds.items())
         total = sum(seconds.values())
         load = record["load_average"] if record else None
-        rows.append([a["arm"].name, a["arm"].study, "finished" if record else "not finished",
+        state = "finished" if record else "failed" if a["failed"] else "not finished"
+        rows.append([a["arm"].name, a["arm"].study, state,
                      stages or "-", f"{total / 60:.1f}" if seconds else "-",
                      f"{load['start'][0]:.1f} / {load['end'][0]:.1f}" if load else "-",
                      record["finished_at"] if record else "-"])
