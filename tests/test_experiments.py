@@ -96,3 +96,23 @@ def test_restrict_to_domains(small_mosaic_dir):
     assert len(mnist) == sum(r["domain"] == 1 for r in pool.__getitems__(range(len(pool))))
     with pytest.raises(DataError, match="unknown mosaic domain"):
         datasets.restrict_to_domains(pool, ("mnsit",))
+
+
+def test_a_diverged_arm_is_recorded_and_the_next_runs(tmp_path, monkeypatch):
+    from sdr_jax.errors import NonFiniteLossError
+    config = load_config_file("configs/experiments_mosaic.py:tiny")
+    ran = []
+
+    def fake_run_arm(config, arm, workdir, command):
+        ran.append(arm.name)
+        if arm.name == "simsiam_pool":
+            raise NonFiniteLossError("non-finite training metrics by step 50 (loss=nan)")
+        return "skipped"
+
+    monkeypatch.setattr(experiments, "run_arm", fake_run_arm)
+    report = str(tmp_path / "R.md")
+    status = experiments.run(config, str(tmp_path / "exp"), report=report)
+    assert ran == [arm.name for arm in config.arms]
+    assert status["simsiam_pool"] == "failed"
+    text = open(report).read()
+    assert "## Failed" in text and "simsiam_pool" in text and "loss=nan" in text
