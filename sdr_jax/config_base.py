@@ -194,6 +194,7 @@ def simsiam_config(*, dataset: str, image_size: int, arch: str, width: float, st
     config.data = ConfigDict()
     config.data.dataset = dataset          # 'mosaic', 'mosaic/small', or a prepared TFDS name
     config.data.split = split
+    config.data.domains = ()               # mosaic: train only on these domains (() = all)
     config.data.data_dir = ""              # '' = TFDS's default (~/tensorflow_datasets)
     config.data.image_size = image_size
     config.data.num_workers = 0            # grain worker processes (0 = in the main process)

@@ -184,6 +184,39 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None
                          has_ids=dataset == MOSAIC or built is not None)
 
 
+def restrict_to_domains(source: ExampleSource, domains: Sequence[str]) -> ExampleSource:
+    """The records of a mosaic `source` whose `domain` is one of `domains` (in record order)."""
+    unknown = sorted(set(domains) - set(mosaic.DOMAIN_NAMES))
+    if unknown:
+        raise DataError(f'unknown mosaic domain(s) {unknown}; choose from {mosaic.DOMAIN_NAMES}.')
+    wanted = [mosaic.DOMAIN_NAMES.index(name) for name in domains]
+    found = np.concatenate([[r['domain'] for r in source.__getitems__(
+        list(range(start, min(start + 4096, len(source)))))]
+        for start in range(0, len(source), 4096)]) if len(source) else np.zeros(0, np.int64)
+    positions = np.flatnonzero(np.isin(found, wanted))
+    if positions.size == 0:
+        raise DataError(f'{source.name} split {source.split!r} has no image of the domains '
+                        f'{list(domains)}.')
+    return ExampleSource(_Subset(source, positions), source.name, f'{source.split}{list(domains)}',
+                         has_ids=True)
+
+
+class _Subset:
+    """Random access to `source` at `positions`."""
+
+    def __init__(self, source: ExampleSource, positions: np.ndarray):
+        self._source, self._positions = source, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._source[int(self._positions[index])]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self._source.__getitems__([int(self._positions[i]) for i in indices])
+
+
 def _tfds_builder(dataset: str, config: Any, data_dir: str | os.PathLike | None,
                   ) -> tfds.core.DatasetBuilder:
     known = known_datasets()

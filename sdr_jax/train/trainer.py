@@ -69,6 +69,8 @@ class Trainer:
         self.full_path = jnp.asarray(models.path_spec(config.model).full_path())
         self.source = datasets.open_source(config.data.dataset, config.data.split,
                                            config.data.data_dir or None, build_if_missing=True)
+        if config.data.domains:
+            self.source = datasets.restrict_to_domains(self.source, config.data.domains)
         self.num_steps = num_train_steps(config, len(self.source))
         self.method = methods.build(config.method, self.num_steps)
         self.tx, self.lr_schedule = optim.make_optimizer(config.optim, self.num_steps,
