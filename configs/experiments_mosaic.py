@@ -23,6 +23,8 @@ defined, not run here).
 """
 import ml_collections
 
+from sdr_jax.config_base import check_variant
+
 # The pool's domains (sdr_jax.data.mosaic.DOMAIN_NAMES minus the task-only emoji_twitter),
 # written out so that importing this config imports no data module.
 POOL_DOMAINS = ("fashion", "mnist", "animal", "emoji", "clipart")
@@ -38,8 +40,7 @@ def arm(name: str, study: str, kind: str = "pipeline", overrides=(), share_from:
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "", "tiny", "long"):
-        raise ValueError(f"Unknown config variant {arg!r}: use ':tiny', ':long' or nothing.")
+    arg = check_variant(arg, ("tiny", "long"))
     tiny = arg == "tiny"
     config = ml_collections.ConfigDict()
     config.pipeline = "configs/pipeline_mosaic.py" + (f":{arg}" if arg else "")

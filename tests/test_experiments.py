@@ -81,7 +81,7 @@ def test_configs_are_inert_and_variants_checked():
         experiments.check_config(config)
         for arm in config.arms:  # every override names a real field
             experiments.arm_config(config, arm)
-    with pytest.raises(ValueError, match="Unknown config variant"):
+    with pytest.raises(ValueError, match="unknown config variant"):
         load_config_file("configs/experiments_mosaic.py:huge")
 
 
