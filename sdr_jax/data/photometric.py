@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sdr_jax.data import augment as augment_lib
+
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
 
@@ -34,6 +36,29 @@ def view_key(seed: int | jax.Array, step: jax.Array, view: int) -> jax.Array:
     """The key of one view's augmentations at one step: fold_in(fold_in(key(seed), step), view)."""
     key = jax.random.fold_in(jax.random.key(seed), step)
     return jax.random.fold_in(key, view)
+
+
+def augment_views(view1: jax.Array, view2: jax.Array, aug_cfg: ml_collections.ConfigDict,
+                  seed: int, step: jax.Array, *, first_index: int | jax.Array = 0,
+                  slots: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Both views of a batch through their own recipes (`augment.view_config(aug_cfg, v)`).
+
+    View v draws from `view_key(seed, step, v)`, example i from its fold_in with
+    first_index + i (the example's index in the global batch: the device's offset under
+    `jax.shard_map`). With `slots` (P,), the views are (P, b, H, W, 3), one batch per SDR path
+    slot: slot s draws from fold_in(view_key(seed, step, v), s), its examples indexed 0..b-1
+    (a slot's batch lies on one device).
+    """
+    out = []
+    for view, images in zip(augment_lib.VIEWS, (view1, view2)):
+        cfg = augment_lib.view_config(aug_cfg, view)
+        key = view_key(seed, step, view)
+        if slots is None:
+            out.append(augment_batch(images, key, cfg, first_index))
+        else:
+            keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(slots)
+            out.append(jax.vmap(lambda x, k: augment_batch(x, k, cfg))(images, keys))
+    return out[0], out[1]
 
 
 def sample_params(key: jax.Array, batch: int, cfg: ml_collections.ConfigDict,
