@@ -112,3 +112,13 @@ def test_sdr_views_are_a_function_of_seed_and_step_on_any_layout():
     same = dict(batch, sub_view1=np.broadcast_to(batch["sub_view1"][:1], (8, 4, 32, 32, 3)))
     out = _on_devices(prepare, same, jax.devices(), step=2)["sub_view1"]
     assert not np.array_equal(out[0], out[1])
+
+
+def test_byol_configs_write_the_asymmetric_recipe():
+    from sdr_jax import config_base
+    imagenet = config_base.load_config_file("configs/byol_imagenet.py").data.aug
+    views = [augment.view_config(imagenet, v) for v in augment.VIEWS]
+    assert [(v.blur_prob, v.solarize_prob) for v in views] == [(1.0, 0.0), (0.1, 0.2)]
+    mosaic = config_base.load_config_file("configs/byol_mosaic.py").data.aug
+    views = [augment.view_config(mosaic, v) for v in augment.VIEWS]
+    assert [(v.blur_prob, v.solarize_prob) for v in views] == [(0.0, 0.0), (0.0, 0.2)]
