@@ -49,6 +49,7 @@ def view_config(cfg: ml_collections.ConfigDict, view: int) -> ml_collections.Con
 def validate_aug_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first bad field of an augmentation config (the common
     recipe and each view's)."""
+    _validate_recipe(cfg)
     for view in VIEWS:
         overrides = cfg.get(f"view{view}") or {}
         unknown = sorted(set(overrides) - set(cfg) | ({"image_size"} & set(overrides)))
