@@ -72,7 +72,7 @@ def main():
     state, path = _state(base.model, tx, size, mesh)
     step = pretrain.make_train_step(methods.build(base.method, 1000),
                                     models.build_model(base.model, bn_axis_name="data"), tx,
-                                    mesh, path)
+                                    mesh, path, aug_cfg=base.data.aug)
     batch = mesh_lib.shard_batch({"view1": images(args.batch), "view2": images(args.batch)}, mesh)
     memory = _memory_mib(step, state, batch)
     seconds, compile_s, _ = _time(step, state, batch, args.repeats)
@@ -86,7 +86,7 @@ def main():
         step = sdr.make_sdr_step(
             methods.build(cfg.method, 1000), models.build_model(cfg.model, bn_axis_name="data"),
             models.build_model(cfg.model, bn_axis_name="data", sync_bn=False), tx, mesh, full,
-            kd="siamkd", kd_weight=1.0, with_subnets=True)
+            kd="siamkd", kd_weight=1.0, with_subnets=True, aug_cfg=cfg.data.aug)
         paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]
         batch = mesh_lib.shard_batch({
             "d0_view1": images(args.batch), "d0_view2": images(args.batch),

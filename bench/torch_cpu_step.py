@@ -118,7 +118,7 @@ def jax_step(batch: int, image_size: int):
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     step = pretrain.make_train_step(methods.build(config.method, 1000),
                                     models.build_model(config.model, bn_axis_name="data"), tx,
-                                    mesh, path)
+                                    mesh, path, aug_cfg=None)  # the PyTorch step has none
     data = mesh_lib.shard_batch(_batch(batch, image_size), mesh)
     box = {"state": state, "metrics": None}
 

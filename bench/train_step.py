@@ -33,7 +33,7 @@ def step_images_per_s(arch, width, stem, image_size, batch, repeats) -> tuple[fl
                     out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0))
     step = pretrain.make_train_step(methods.build(config.method, 1000),
                                     models.build_model(config.model, bn_axis_name="data"), tx,
-                                    mesh, path)
+                                    mesh, path, aug_cfg=config.data.aug)
     rng = np.random.default_rng(0)
     batch_np = {k: rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
                 for k in ("view1", "view2")}

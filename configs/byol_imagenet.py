@@ -10,10 +10,10 @@ Where our code differs from the paper (our choices, on purpose or for now):
   * heads: the projector is ours (`models/heads.py`: proj_layers x (Linear + BN), the last BN
     without affine, every layer proj_dim wide): 2 layers of 256 instead of BYOL's
     4096-hidden MLP with a plain linear output; the predictor is BYOL's (256 -> 4096 -> 256).
-  * augmentations: one config for both views (`config.data.aug`: random resized crop 0.08-1,
-    flip, colour jitter .4/.4/.2/.1 p=.8, grayscale .2, blur p=.5). BYOL's are asymmetric
-    (blur p=1.0 / 0.1, solarize p=0 / 0.2): they go here as per-view configs once the input
-    pipeline has them.
+  * augmentations: BYOL's asymmetric recipe as per-view overrides of `config.data.aug`
+    (random resized crop 0.08-1, flip, colour jitter .4/.4/.2/.1 p=.8, grayscale .2; view 1:
+    blur p=1.0, no solarize; view 2: blur p=0.1, solarize p=0.2), as the paper. Its blur
+    kernel is 23 px wide, ours 2 ceil(3 x 2.0) + 1 = 13 taps (+-3 of the largest sigma, 2.0).
 
   python launch/train.py --config=configs/byol_imagenet.py --workdir=gs://.../byol
 """
@@ -36,6 +36,10 @@ def get_config(arg: str | None = None):
     config.optim.warmup_steps = 10 * IMAGENET_TRAIN_IMAGES // 4096  # 10 epochs
     config.data.aug.crop_scale = (0.08, 1.0)
     config.data.aug.saturation = 0.2
+    config.data.aug.view1.blur_prob = 1.0
+    config.data.aug.view1.solarize_prob = 0.0
+    config.data.aug.view2.blur_prob = 0.1
+    config.data.aug.view2.solarize_prob = 0.2
     config.data.num_workers = 16
     config.train.num_epochs = 100
     config.train.knn_every = 5000

@@ -17,9 +17,11 @@ def get_config(arg: str | None = None):
     use_mosaic_recipe(config)
     use_method(config, "byol", base_momentum=0.99)
     config.optim.fix_pred_lr = False   # BYOL keeps no module at a fixed lr (methods/byol.py)
-    # Augmentations: symmetric for now (`config.data.aug`, one config for both views). BYOL's
-    # are asymmetric (view 1: blur p=1.0, no solarize; view 2: blur p=0.1, solarize p=0.2);
-    # they go here as per-view aug configs once the input pipeline has them.
+    # BYOL's asymmetric views, as far as they apply at 16 px: its blur (view 1 p=1.0, view 2
+    # p=0.1) is off below 96 px in our recipe (config_base.BLUR_MIN_IMAGE_SIZE: a sigma of up
+    # to 2 px would wipe out a 16 px image), so only the solarization differs (view 2 p=0.2).
+    # configs/byol_imagenet.py has the whole recipe.
+    config.data.aug.view2.solarize_prob = 0.2
     if check_variant(arg) == "tiny":
         make_tiny(config)
     return config.lock()

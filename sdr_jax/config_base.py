@@ -113,8 +113,14 @@ def _merge(cfg: ConfigDict, overrides: Mapping[str, Any], where: str) -> None:
 
 
 def default_aug_config(image_size: int = 32) -> ConfigDict:
-    """The MoCo-v2 / SimSiam augmentation recipe for `image_size` x `image_size` outputs."""
-    return ConfigDict({
+    """The MoCo-v2 / SimSiam augmentation recipe for `image_size` x `image_size` outputs.
+
+    The recipe's fields apply to both views; `view1` and `view2` hold per-view overrides of any
+    of them (None = the common value), e.g. BYOL's asymmetric blur and solarize
+    (configs/byol_imagenet.py): `--config.data.aug.view2.solarize_prob=0.2`. The host does
+    the crop and flip, the device the colour work (sdr_jax/data/augment.py, photometric.py).
+    """
+    recipe = {
         "image_size": image_size,
         "crop_scale": (0.2, 1.0),
         "crop_ratio": (3 / 4, 4 / 3),
@@ -128,7 +134,12 @@ def default_aug_config(image_size: int = 32) -> ConfigDict:
         "grayscale_prob": 0.2,
         "blur_prob": 0.5 if image_size >= BLUR_MIN_IMAGE_SIZE else 0.0,
         "blur_sigma": (0.1, 2.0),
-    }).lock()
+        "solarize_prob": 0.0,  # BYOL's second view: 0.2
+    }
+    def overrides():  # fresh placeholders per view (a shared one would link the two views)
+        return {name: config_dict.placeholder(type(value)) for name, value in recipe.items()
+                if name != "image_size"}  # both views are batched together: one size
+    return ConfigDict({**recipe, "view1": overrides(), "view2": overrides()}).lock()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,7 +66,8 @@ def step_on(devices, config, state_host, batch):
     path = jnp.asarray(models.path_spec(config.model).full_path())
     method = methods.build(config.method, 10)
     tx, _ = optim.make_optimizer(config.optim, 10, method.predictors)
-    step = pretrain.make_train_step(method, model, tx, mesh, path)
+    # The views as given (test_device_augment.py tests the device augmentations' layouts).
+    step = pretrain.make_train_step(method, model, tx, mesh, path, aug_cfg=None)
     state, metrics = step(jax.device_put(state_host, mesh_lib.replicated(mesh)),
                           mesh_lib.shard_batch(batch, mesh))
     return jax.device_get(state), {k: float(v) for k, v in metrics.compute().items()}

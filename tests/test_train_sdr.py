@@ -121,7 +121,8 @@ def run_step(devices, config, state, batch):
     tx, _ = optim.make_optimizer(config.optim, 10)
     full = jnp.asarray(models.path_spec(config.model).full_path())
     step = sdr.make_sdr_step(methods.build(config.method, 10), sdrnet, subnet, tx, mesh, full,
-                             kd="siamkd", kd_weight=0.5, with_subnets=True)
+                             kd="siamkd", kd_weight=0.5, with_subnets=True,
+                             aug_cfg=None)  # the views as given: test_device_augment.py
     new_state, metrics = step(jax.device_put(state, mesh_lib.replicated(mesh)),
                               mesh_lib.shard_batch(batch, mesh))
     return jax.device_get(new_state), {k: float(v) for k, v in metrics.compute().items()}, step

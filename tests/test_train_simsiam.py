@@ -31,7 +31,11 @@ def step_on(devices, config, state_host, batch):
     path = jnp.asarray(models.path_spec(config.model).full_path())
     tx, _ = optim.make_optimizer(config.optim, 10)
     state = jax.device_put(state_host, mesh_lib.replicated(mesh))
-    step = pretrain.make_train_step(methods.build(config.method, 10), model, tx, mesh, path)
+    # The views as given: the step's maths on 8 devices vs 1. The device augmentations' own
+    # layout independence is tested in test_device_augment.py (float rounding of other
+    # fusions may move a rare pixel by one level, which would blur this comparison).
+    step = pretrain.make_train_step(methods.build(config.method, 10), model, tx, mesh, path,
+                                    aug_cfg=None)
     state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
     return jax.device_get(state), {k: float(v) for k, v in metrics.compute().items()}
 
@@ -76,7 +80,8 @@ def test_train_step_compiles_once(initial):
     model = models.build_model(config.model, bn_axis_name=mesh_lib.DATA_AXIS)
     tx, _ = optim.make_optimizer(config.optim, 10)
     step = pretrain.make_train_step(methods.build(config.method, 10), model, tx, mesh,
-                                    jnp.asarray(models.path_spec(config.model).full_path()))
+                                    jnp.asarray(models.path_spec(config.model).full_path()),
+                                    aug_cfg=config.data.aug)
     state = jax.device_put(state, mesh_lib.replicated(mesh))
     for _ in range(3):
         state, _ = step(state, mesh_lib.shard_batch(batch, mesh))

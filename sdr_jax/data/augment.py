@@ -1,10 +1,19 @@
 """SimSiam / MoCo-v2 image augmentations on the host (numpy + PIL), DESIGN.md §2.1.
 
+Training pipelines run `crop_and_flip` here (per image: decode, random-resized crop to the
+output size, flip; uint8 out) and the colour work on the device, batched inside the jitted step
+(`photometric.py`). The host colour ops below are the reference the device ops are tested
+against; `augment` (all of it on the host) is the pre-device pipeline, kept as that reference
+and as the baseline of bench/pipeline.py.
+
 Semantics follow torchvision (RandomResizedCrop, RandomHorizontalFlip,
 ColorJitter in random order, RandomGrayscale) and MoCo-v2's PIL GaussianBlur.
 Colour ops take planar (3, H, W) float32 images in [0, 1] (contiguous per channel,
 which is what makes them fast); the result is rounded to uint8 once, so the four
 jitter ops do not each lose precision.
+
+A recipe (`default_aug_config`) has per-view overrides `view1` / `view2`; `view_config(cfg, v)`
+is view v's recipe, which the host's crop and the device's colour work both read.
 """
 import math
 
@@ -24,8 +33,36 @@ _INTERPOLATIONS = {
 }
 
 
+VIEWS = (1, 2)
+
+
+def view_config(cfg: ml_collections.ConfigDict, view: int) -> ml_collections.ConfigDict:
+    """View `view`'s recipe: the common fields with the view's overrides (those not None)."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view}.")
+    recipe = {k: v for k, v in cfg.items() if k not in ("view1", "view2")}
+    overrides = cfg.get(f"view{view}") or {}
+    recipe.update({k: v for k, v in overrides.items() if v is not None})
+    return ml_collections.ConfigDict(recipe)
+
+
 def validate_aug_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad field of an augmentation config."""
+    """Raises ConfigError naming the first bad field of an augmentation config (the common
+    recipe and each view's)."""
+    _validate_recipe(cfg)
+    for view in VIEWS:
+        overrides = cfg.get(f"view{view}") or {}
+        unknown = sorted(set(overrides) - set(cfg) | ({"image_size"} & set(overrides)))
+        if unknown:
+            raise ConfigError(f"aug.view{view} cannot override {unknown}: it overrides the "
+                              "recipe's fields (one image_size for both views).")
+        try:
+            _validate_recipe(view_config(cfg, view))
+        except ConfigError as error:
+            raise ConfigError(f"aug.view{view}: {error}") from None
+
+
+def _validate_recipe(cfg: ml_collections.ConfigDict) -> None:
     if int(cfg.image_size) < 1:
         raise ConfigError(f"aug image_size must be >= 1, got {cfg.image_size}.")
     lo, hi = cfg.crop_scale
@@ -37,7 +74,7 @@ def validate_aug_config(cfg: ml_collections.ConfigDict) -> None:
     if cfg.interpolation not in _INTERPOLATIONS:
         raise ConfigError(f"aug interpolation must be one of {sorted(_INTERPOLATIONS)}, "
                           f"got {cfg.interpolation!r}.")
-    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
         if not 0 <= cfg[name] <= 1:
             raise ConfigError(f"aug {name} must be a probability in [0, 1], got {cfg[name]}.")
     for name in ("brightness", "contrast", "saturation"):
@@ -149,12 +186,12 @@ def color_jitter(x: np.ndarray, rng: np.random.Generator,
     return x
 
 
-def augment(image: np.ndarray, rng: np.random.Generator,
-            cfg: ml_collections.ConfigDict) -> np.ndarray:
-    """One SimSiam view of a uint8 (H, W, 3) image: uint8 (S, S, 3), S = cfg.image_size.
+def crop_and_flip(image: np.ndarray, rng: np.random.Generator,
+                  cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """The host's share of one view: uint8 (H, W, 3) -> uint8 (S, S, 3), S = cfg.image_size.
 
-    Crop -> flip -> colour jitter -> grayscale -> blur, each with its probability.
-    Deterministic given the state of `rng`.
+    Random-resized crop, then a horizontal flip with probability `flip_prob`. Deterministic
+    given the state of `rng`; draws what `augment` draws for its crop and flip.
     """
     _check_image(image)
     size = int(cfg.image_size)
@@ -166,6 +203,18 @@ def augment(image: np.ndarray, rng: np.random.Generator,
     out = np.asarray(crop.resize((size, size), _INTERPOLATIONS[cfg.interpolation]))
     if rng.random() < cfg.flip_prob:
         out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def augment(image: np.ndarray, rng: np.random.Generator,
+            cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """One whole view on the host: uint8 (H, W, 3) -> uint8 (S, S, 3), S = cfg.image_size.
+
+    Crop -> flip -> colour jitter -> grayscale -> blur -> solarize, each with its probability.
+    Deterministic given the state of `rng`. Training runs `crop_and_flip` here and the rest on
+    the device (`photometric.augment_batch`); this is the reference and the benchmark baseline.
+    """
+    out = crop_and_flip(image, rng, cfg)
     jitter = rng.random() < cfg.jitter_prob
     gray = rng.random() < cfg.grayscale_prob
     if jitter or gray:
@@ -179,6 +228,9 @@ def augment(image: np.ndarray, rng: np.random.Generator,
     if rng.random() < cfg.blur_prob:
         sigma = float(rng.uniform(cfg.blur_sigma[0], cfg.blur_sigma[1]))
         out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(radius=sigma)))
+    # Drawn only when enabled, so recipes without solarization keep their random streams.
+    if cfg.get("solarize_prob", 0.0) > 0 and rng.random() < cfg.solarize_prob:
+        out = np.where(out < 128, out, 255 - out).astype(np.uint8)
     return np.ascontiguousarray(out)
 
 

@@ -1,8 +1,8 @@
 """grain input pipelines: SimSiam pre-training batches and padded evaluation batches.
 
 Sources are random-access: `len(source)` and `source[i]` -> dict with a uint8 (H, W, 3)
-`image`, an int `id` and an int `label`. Images stay uint8 here; normalisation happens on
-device.
+`image`, an int `id` and an int `label`. Images stay uint8 here: the host crops and flips,
+the colour augmentations and the normalisation happen on the device (in the training step).
 
 Every random choice is a function of (seed, process_index, position in the stream), and
 batching happens on the `MapDataset` before `mp_prefetch`, so the workers split whole
@@ -54,16 +54,18 @@ class _Records:
 
 
 class _TwoViews(grain.transforms.RandomMap):
-    """Two independently augmented views of one record."""
+    """Two independently cropped and flipped views of one record, each by its view's recipe
+    (the colour augmentations run on the device, in the training step)."""
 
     def __init__(self, aug_cfg: ml_collections.ConfigDict):
-        self._aug_cfg = aug_cfg
+        self._view_cfgs = [augment_lib.view_config(aug_cfg, v) for v in augment_lib.VIEWS]
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         image = np.asarray(record["image"])
+        view1, view2 = (augment_lib.crop_and_flip(image, rng, cfg) for cfg in self._view_cfgs)
         return {
-            "view1": augment_lib.augment(image, rng, self._aug_cfg),
-            "view2": augment_lib.augment(image, rng, self._aug_cfg),
+            "view1": view1,
+            "view2": view2,
             "id": np.int64(record["id"]),
             "label": np.int64(record["label"]),
         }
@@ -110,7 +112,8 @@ def pretrain_dataset(source: RandomAccessSource, *, batch_size: int, seed: int,
                      num_epochs: int | None = None) -> grain.IterDataset:
     """Shuffled, repeated SimSiam batches for this process.
 
-    Each batch is a dict: `view1`, `view2` uint8 (batch_size, S, S, 3), `id` and `label`
+    Each batch is a dict: `view1`, `view2` uint8 (batch_size, S, S, 3) (cropped and flipped by
+    `augment.crop_and_flip`, each with its view's recipe), `id` and `label`
     int64 (batch_size,). `batch_size` is per process. `indices` selects a subset of the
     source (e.g. one cluster); the selection is then sharded `process_index::process_count`.
     Epochs are reshuffled; batches run across epoch boundaries and only a final partial

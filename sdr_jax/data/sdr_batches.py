@@ -3,7 +3,8 @@ progressive stage 1 on, one batch per sampled path drawn from that path's data s
 of the leaf clusters under it, DESIGN §2.4).
 
 A step's batch is a pure function of (seed, step): its paths, its D0 images (epoch-wise
-permutations of the pool), its subset images and its augmentations. The pipeline is therefore a
+permutations of the pool), its subset images and its crops and flips (the colour augmentations
+run on the device, keyed by (seed, step) too: train/sdr.py). The pipeline is therefore a
 grain `MapDataset` indexed by step and its whole state is the next step: a resumed run, on any
 number of workers or hosts, sees exactly the batches of an uninterrupted one.
 """
@@ -49,7 +50,7 @@ class SDRBatches:
         self._source = source
         self._schedule = schedule
         self._seed = seed
-        self._aug_cfg = aug_cfg
+        self._view_cfgs = [augment_lib.view_config(aug_cfg, v) for v in augment_lib.VIEWS]
         self._d0_global = d0_batch_size
         self._d0_local = d0_batch_size // process_count
         self._d0_offset = process_index * self._d0_local
@@ -126,13 +127,12 @@ class SDRBatches:
                           replace=self._subnet_batch_size > len(members))
 
     def _two_views(self, records: np.ndarray, rngs: list[np.random.Generator]):
-        """Two augmented views of each record, the i-th drawing from rngs[i]."""
+        """Two cropped and flipped views of each record (each by its view's recipe), the i-th
+        drawing from rngs[i]; the colour augmentations run on the device (train/sdr.py)."""
         images = [np.asarray(r["image"]) for r in self._read([int(i) for i in records])]
-        view1, view2 = [], []
-        for image, rng in zip(images, rngs):
-            view1.append(augment_lib.augment(image, rng, self._aug_cfg))
-            view2.append(augment_lib.augment(image, rng, self._aug_cfg))
-        return np.stack(view1), np.stack(view2)
+        views = [[augment_lib.crop_and_flip(image, rng, cfg) for cfg in self._view_cfgs]
+                 for image, rng in zip(images, rngs)]
+        return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])
 
     def _read(self, positions: list[int]) -> list[dict]:
         if hasattr(self._source, "__getitems__"):

@@ -6,6 +6,10 @@ compute exactly what one device computes on the whole batch). Running BN statist
 view 1's update, then view 2's), the method's state (BYOL's target network) and the logged
 metrics (the loss, `collapse_std` as the std over the global batch of view 1's projections)
 are functions of the global batch too.
+
+The host pipeline ships cropped and flipped uint8 views; the step applies each view's colour
+augmentations on the device first (`photometric.augment_views`, keyed by (seed, step, view,
+index in the global batch): the same on any number of devices, and the same after a resume).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from ml_collections import ConfigDict
 
 from sdr_jax import methods, models
 from sdr_jax.core import mesh as mesh_lib
-from sdr_jax.data import input_pipeline
+from sdr_jax.data import input_pipeline, photometric
 from sdr_jax.train import step as step_lib
 from sdr_jax.train import trainer as trainer_lib
 
@@ -27,10 +31,12 @@ TrainMetrics = step_lib.metrics_collection("collapse_std")
 
 
 def make_train_step(method: methods.SSLMethod, model, tx: optax.GradientTransformation,
-                    mesh: Mesh, path: jax.Array):
+                    mesh: Mesh, path: jax.Array, *, aug_cfg: ConfigDict | None, seed: int = 0):
     """One jitted SPMD step `(state, global batch) -> (state, metrics)`; the state is donated.
 
-    `model` must be built with `bn_axis_name=DATA_AXIS`.
+    `model` must be built with `bn_axis_name=DATA_AXIS`. The batch's `view1` / `view2` get the
+    photometric augmentations of `aug_cfg` (`config.data.aug`) on the device, drawn from
+    `seed` and the step; `aug_cfg=None`: the views are used as they come.
     """
 
     def loss_fn(params, state, batch):
@@ -41,7 +47,22 @@ def make_train_step(method: methods.SSLMethod, model, tx: optax.GradientTransfor
                       {"collapse_std": methods.collapse_std(out1["z"], DATA_AXIS)})
 
     return step_lib.make_step(loss_fn, tx, mesh, metrics=TrainMetrics,
-                              after_update=trainer_lib.method_update(method))
+                              after_update=trainer_lib.method_update(method),
+                              prepare_batch=None if aug_cfg is None else device_augment(aug_cfg,
+                                                                                         seed))
+
+
+def device_augment(aug_cfg: ConfigDict, seed: int) -> step_lib.PrepareBatch:
+    """`prepare_batch(batch, step)` for the step (under `jax.shard_map` over DATA_AXIS): each
+    view's photometric augmentations, example i of the global batch drawing from
+    fold_in(view_key(seed, step, view), i)."""
+    def prepare_batch(batch, step):
+        local = batch["view1"].shape[0]
+        view1, view2 = photometric.augment_views(
+            batch["view1"], batch["view2"], aug_cfg, seed, step,
+            first_index=jax.lax.axis_index(DATA_AXIS) * local)
+        return {**batch, "view1": view1, "view2": view2}
+    return prepare_batch
 
 
 class PretrainTrainer(trainer_lib.Trainer):
@@ -66,7 +87,8 @@ class PretrainTrainer(trainer_lib.Trainer):
 
     def make_step_fn(self):
         train_step = make_train_step(self.method, self.train_model, self.tx, self.mesh,
-                                     self.full_path)
+                                     self.full_path, aug_cfg=self.config.data.aug,
+                                     seed=self.config.seed)
         return lambda state, batch: train_step(state, mesh_lib.shard_batch(batch, self.mesh))
 
 

@@ -24,6 +24,11 @@ recalibrated on its task's images before it is evaluated (`route`, the evaluatio
 the SDRnet's own kNN uses the D0 statistics, which are its statistics. Logged metrics are
 layout-free too: `collapse_std_sdrnet` is the std over the global D0 batch; the per-path terms
 are computed on a path's whole batch, which lies on one device.
+
+The host ships cropped and flipped uint8 views; the step applies each view's colour
+augmentations on the device (`photometric.augment_views`): D0's views keyed by (seed, step,
+view, index in the global D0 batch), each sub-net batch's by (seed, step, view, path slot,
+index in the slot's batch), so a step's inputs are the same on any layout and after a resume.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from ml_collections import ConfigDict
 from sdr_jax import methods, models
 from sdr_jax.methods import distill
 from sdr_jax.data import assignments as assignments_lib
-from sdr_jax.data import sdr_batches
+from sdr_jax.data import photometric, sdr_batches
 from sdr_jax.core.errors import ConfigError
 from sdr_jax.core.progressive import ProgressiveSchedule
 from sdr_jax.train import checkpoint as checkpoint_lib
@@ -101,18 +106,42 @@ def _global(values: dict) -> dict:
 
 def make_sdr_step(method: methods.SSLMethod, sdrnet_model, subnet_model,
                   tx: optax.GradientTransformation, mesh: Mesh, full_path: jax.Array, *, kd: str,
-                  kd_weight: float, with_subnets: bool):
+                  kd_weight: float, with_subnets: bool, aug_cfg: ConfigDict | None,
+                  seed: int = 0):
     """One jitted SPMD step `(state, global batch) -> (state, metrics)`, state donated.
 
     `sdrnet_model`: built with bn_axis_name=DATA_AXIS (SyncBN); `subnet_model`: the same with
     sync_bn=False (per-path batch statistics). `with_subnets=False` is progressive stage 0.
+    Every view gets the photometric augmentations of `aug_cfg` on the device (module
+    docstring); `aug_cfg=None`: the views are used as they come.
     """
     def loss_fn(params, state, batch):
         return sdr_loss(method, sdrnet_model, subnet_model, params, state, batch, full_path,
                         kd=kd, kd_weight=kd_weight, with_subnets=with_subnets)
 
     return step_lib.make_step(loss_fn, tx, mesh, metrics=SDRMetrics,
-                              after_update=trainer_lib.method_update(method))
+                              after_update=trainer_lib.method_update(method),
+                              prepare_batch=None if aug_cfg is None else device_augment(aug_cfg,
+                                                                                         seed))
+
+
+def device_augment(aug_cfg: ConfigDict, seed: int) -> step_lib.PrepareBatch:
+    """`prepare_batch(batch, step)` for the SDR step (under `jax.shard_map` over DATA_AXIS): D0's
+    views as pre-training's (`pretrain.device_augment`), and each path slot's sub-net batch
+    from fold_in(view_key(seed, step, view), global slot)."""
+    def prepare_batch(batch, step):
+        batch = dict(batch)
+        device = jax.lax.axis_index(DATA_AXIS)
+        local = batch["d0_view1"].shape[0]
+        batch["d0_view1"], batch["d0_view2"] = photometric.augment_views(
+            batch["d0_view1"], batch["d0_view2"], aug_cfg, seed, step, first_index=device * local)
+        if "paths" in batch:
+            paths_local = batch["sub_view1"].shape[0]
+            batch["sub_view1"], batch["sub_view2"] = photometric.augment_views(
+                batch["sub_view1"], batch["sub_view2"], aug_cfg, seed, step,
+                slots=device * paths_local + jnp.arange(paths_local))
+        return batch
+    return prepare_batch
 
 
 class SDRTrainer(trainer_lib.Trainer):
@@ -187,7 +216,8 @@ class SDRTrainer(trainer_lib.Trainer):
         cfg = self.config.sdr
         steps = {with_subnets: make_sdr_step(
             self.method, self.sdrnet_model, self.subnet_model, self.tx, self.mesh,
-            self.full_path, kd=cfg.kd, kd_weight=cfg.kd_weight, with_subnets=with_subnets)
+            self.full_path, kd=cfg.kd, kd_weight=cfg.kd_weight, with_subnets=with_subnets,
+            aug_cfg=self.config.data.aug, seed=self.config.seed)
             for with_subnets in (False, True)}
         self.step_functions = steps  # by stage 0 / later stages (tests count compiles)
 

@@ -22,6 +22,8 @@ from sdr_jax.train.state import TrainState
 # loss_fn(params, state, batch) -> (this device's loss, (batch_stats, method_state, metrics)).
 # The metric values must already be global (reduced over the data axis where they need it).
 LossFn = Callable[[Any, TrainState, Any], tuple[jax.Array, tuple[Any, Any, dict]]]
+# prepare_batch(this device's share of the host batch, 1-based step) -> the loss's batch.
+PrepareBatch = Callable[[Any, jax.Array], Any]
 
 
 def metrics_collection(*names: str) -> type[clu_metrics.Collection]:
@@ -34,7 +36,7 @@ def metrics_collection(*names: str) -> type[clu_metrics.Collection]:
 def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
               metrics: type[clu_metrics.Collection],
               after_update: Callable[[TrainState], TrainState] | None = None,
-              batch_spec: Any = None
+              prepare_batch: PrepareBatch | None = None, batch_spec: Any = None
               ) -> Callable[[TrainState, Any], tuple[TrainState, clu_metrics.Collection]]:
     """`(state, global batch) -> (state, metrics)`, jitted SPMD, the state donated.
 
@@ -44,9 +46,11 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
     `metrics_collection(...)` naming the values `loss_fn` reports; `loss`, `grad_norm` (of the
     global gradient) and `update_norm` (of the optimiser's update) are added here. The batch is
     split over the mesh's axes on its leading dimension (`batch_spec` to change that).
+    `prepare_batch(batch, step)` turns this device's share of the host batch into the model's
+    input first (the device augmentations), `step` being the 1-based number of this step.
     """
     sharded = jax.shard_map(make_update(loss_fn, tx, mesh.axis_names, metrics=metrics,
-                                        after_update=after_update),
+                                        after_update=after_update, prepare_batch=prepare_batch),
                             mesh=mesh,
                             in_specs=(P(), P(mesh.axis_names) if batch_spec is None else batch_spec),
                             out_specs=(P(), P()))
@@ -55,13 +59,17 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
 
 def make_update(loss_fn: LossFn, tx: optax.GradientTransformation, axes: Any, *,
                 metrics: type[clu_metrics.Collection],
-                after_update: Callable[[TrainState], TrainState] | None = None
+                after_update: Callable[[TrainState], TrainState] | None = None,
+                prepare_batch: PrepareBatch | None = None
                 ) -> Callable[[TrainState, Any], tuple[TrainState, clu_metrics.Collection]]:
     """The body of `make_step` for one device's share of the batch, to run inside a
     `jax.shard_map` over `axes` (e.g. in a `lax.scan` over batches, as the clustering job's
     on-device epochs)."""
 
     def step(state: TrainState, batch: Any):
+        if prepare_batch is not None:
+            batch = prepare_batch(batch, state.step + 1)
+
         def objective(params):
             loss, aux = loss_fn(params, state, batch)
             return jax.lax.pmean(loss, axes), aux
