@@ -121,8 +121,11 @@ def initial_state(config):
     model = models.build_model(config.model)
     tx, _ = optim.make_optimizer(config.optim, 10)
     full = jnp.asarray(models.path_spec(config.model).full_path())
-    return jax.device_get(jax.jit(lambda r: create_train_state(model, tx, r, 32, full))(
+    state = jax.device_get(jax.jit(lambda r: create_train_state(model, tx, r, 32, full))(
         jax.random.PRNGKey(1)))
+    method_state = methods.build(config.method, 10).init_state(
+        {"params": state.params, "batch_stats": state.batch_stats})  # BYOL: the target network
+    return state.replace(method_state=jax.device_get(method_state))
 
 
 def sdr_batch(rng, paths, sub=4):
@@ -143,10 +146,12 @@ def assert_same_step(got, want, atol=1e-5):
     for key in want_metrics:
         np.testing.assert_allclose(got_metrics[key], want_metrics[key], atol=atol, rtol=1e-4,
                                    err_msg=key)
-    for part in ("params", "batch_stats", "opt_state"):
+    # The optimiser's momentum holds the first gradients, O(1) entries: float32 summation order
+    # (the masked convolutions also add the zeros of inactive channels) shows at ~1e-4 there.
+    for part, tolerance in (("params", atol), ("batch_stats", atol), ("opt_state", 1e-3)):
         for (keypath, a), b in zip(jax.tree_util.tree_leaves_with_path(getattr(got_state, part)),
                                    jax.tree.leaves(getattr(want_state, part))):
-            np.testing.assert_allclose(a, b, atol=atol, rtol=1e-4,
+            np.testing.assert_allclose(a, b, atol=tolerance, rtol=max(tolerance, 1e-4),
                                        err_msg=f"{part}{jax.tree_util.keystr(keypath)}")
 
 

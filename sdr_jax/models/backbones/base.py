@@ -12,6 +12,9 @@ backbone of a path, its variables, and the feature channels it keeps (the heads'
 
 A new backbone subclasses `Backbone`, implements `channel_widths`, `setup` and `export`
 (`slice_conv_bn` slices a conv + BN pair), and lists its archs in `backbones/__init__.py`.
+`export` also runs inside the jitted SDR step on a `paths.StagePath` (traced groups): compact
+execution of sub-nets (models/compact.py). Written with `active_channels`, `plain` and
+`slice_conv_bn`/`take`, which accept traced channel indices, it needs nothing more.
 `stem`, `stage` and `level_scopes` have defaults for the layout both backbones here use: the
 stem of `setup_stem` and a list `self.stages` of stage modules named `stages_{s}`.
 """
