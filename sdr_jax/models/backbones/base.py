@@ -125,9 +125,10 @@ class Backbone(nn.Module):
         out = []
         for s, (widths, layouts) in enumerate(zip(self.channel_widths(), self.channel_layouts())):
             p = None if layouts is None else path[self.sdr.block_of(s)]
-            if layouts is None or (not isinstance(p, jax.Array) and int(p) == paths.ALL):
+            traced = isinstance(p, jax.core.Tracer)
+            if layouts is None or (not traced and int(p) == paths.ALL):
                 out.append(tuple(np.arange(w) for w in widths))
-            elif isinstance(p, jax.Array):
+            elif traced:
                 out.append(tuple(paths.group_channels(layout, p) for layout in layouts))
             else:
                 out.append(tuple(paths.active_channels(layout, int(p)) for layout in layouts))

@@ -163,7 +163,7 @@ class ResNet(Backbone, kw_only=True):
 def _index_field(index: Any) -> Any:
     """Channel indices as a module field: a tuple of ints (saved with an export), or the traced
     array itself inside a jitted compact sub-net (models/compact.py)."""
-    return index if isinstance(index, jax.Array) else tuple(int(i) for i in index)
+    return index if isinstance(index, jax.core.Tracer) else tuple(int(i) for i in index)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
