@@ -1,6 +1,11 @@
 """Cost of masking: one SimSiam train step of the masked SDRnet on one path vs
 the compact sub-net vs the plain full-width ResNet, and the memory SDR saves.
 
+Two compact rows: the exported sub-net (its own variables, the floor) and compact execution
+inside training (models/compact.py: the SDRnet's variables, the path a traced value, the
+sub-net gathered at its own width in the step, gradients into the full weights), which is
+what `sdr.subnet_exec='compact'` runs; it is also checked to compile once for every path.
+
   python bench/sdr_masking.py                 # ResNet-18 x0.25, 32x32, batch 64
   python bench/sdr_masking.py --groups=2 --repeats=20
 
@@ -21,6 +26,7 @@ import optax  # noqa: E402
 
 from sdr_jax.methods.simsiam import simsiam_loss  # noqa: E402
 from sdr_jax.models import build_model, model_config, path_spec  # noqa: E402
+from sdr_jax.models.compact import CompactSubnets  # noqa: E402
 from sdr_jax.models.export import export_subnet  # noqa: E402
 
 
@@ -75,8 +81,11 @@ def main():
 
     tx = optax.sgd(0.05, momentum=0.9)
     runs = {}
+    compact_in_training = CompactSubnets(sdr_model, spec.num_blocks)
     for name, model, variables, p in [("masked SDRnet, one path", sdr_model, sdr_vars, jnp.asarray(path)),
-                                      ("compact sub-net", compact_model, compact_vars, None),
+                                      ("compact, path as data", compact_in_training, sdr_vars,
+                                       jnp.asarray(path)),
+                                      ("exported compact sub-net", compact_model, compact_vars, None),
                                       ("plain ResNet (full width)", plain_model, plain_vars, None)]:
         # Copies: the step donates its state and must not delete the source variables.
         params = jax.tree.map(jnp.array, variables["params"])
@@ -92,6 +101,12 @@ def main():
             run["state"], loss = run["step"](run["state"], x1, x2, run["path"])
             jax.block_until_ready(loss)
             run["times"].append(time.perf_counter() - start)
+
+    # The path is data: other paths of the stage run the same compiled step.
+    run = runs["compact, path as data"]
+    for other in spec.all_paths()[1:4]:
+        run["state"], _ = run["step"](run["state"], x1, x2, jnp.asarray(other))
+    assert run["step"]._cache_size() == 1, run["step"]._cache_size()
 
     print(f"{args.arch} x{args.width}, {args.image_size}x{args.image_size}, batch {args.batch} (two views), "
           f"G={args.groups}, shared 0.5, {args.repeats} interleaved repeats, {jax.devices()[0].platform}")

@@ -1,6 +1,10 @@
 """Cost of an SDR step: against a SimSiam step of the same backbone and batch, and with a path
 space of 256 (4 groups x 4 blocks) against one of 16 (2 x 4) at the same number of sampled paths.
 
+Every SDR row runs twice: sub-nets masked at full width and compact at their own width
+(`sdr.subnet_exec`, models/compact.py; compiled for the stage of the sampled paths, all-group
+paths of stage 4 here), in the same run.
+
 SDR trains, per step, the SDRnet on the D0 batch plus `paths` sub-nets on `subnet_batch` images
 each (with the SDRnet as SiamKD teacher on those images), so its step does more work than
 SimSiam's by design; what must not grow is the cost with the size of the path space (masks make
@@ -78,7 +82,7 @@ def main():
     seconds, compile_s, _ = _time(step, state, batch, args.repeats)
     rows.append(("SimSiam", 1, seconds, compile_s, step._cache_size(), memory))
 
-    for groups in (2, 4):
+    for groups, execution in ((2, "masked"), (4, "masked"), (2, "compact"), (4, "compact")):
         cfg = sdr_config(**common, num_groups=groups)
         spec = PathSpec(num_blocks=4, num_groups=groups)
         tx, _ = optim.make_optimizer(cfg.optim, 1000)
@@ -86,7 +90,8 @@ def main():
         step = sdr.make_sdr_step(
             methods.build(cfg.method, 1000), models.build_model(cfg.model, bn_axis_name="data"),
             models.build_model(cfg.model, bn_axis_name="data", sync_bn=False), tx, mesh, full,
-            kd="siamkd", kd_weight=1.0, with_subnets=True, aug_cfg=cfg.data.aug)
+            kd="siamkd", kd_weight=1.0, with_subnets=True, aug_cfg=cfg.data.aug,
+            compact_stage=spec.num_blocks if execution == "compact" else None)
         paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]
         batch = mesh_lib.shard_batch({
             "d0_view1": images(args.batch), "d0_view2": images(args.batch),
@@ -99,17 +104,19 @@ def main():
             paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]
             batch["paths"] = mesh_lib.shard_batch({"p": paths.astype(np.int32)}, mesh)["p"]
             state, _ = step(state, batch)
-        rows.append((f"SDR {groups}x4 groups", spec.num_paths, seconds, compile_s,
+        rows.append((f"SDR {groups}x4 {execution}", spec.num_paths, seconds, compile_s,
                      step._cache_size(), memory))
 
     print(f"{args.arch} x{args.width}, {size}x{size}, D0 batch {args.batch}, SDR: {args.paths} "
           f"paths x {args.subnet_batch} images per step, 1 {jax.devices()[0].platform} device")
-    print(f"{'step':<16} {'space':>6} {'ms/step':>9} {'vs SimSiam':>10} {'compile s':>10} "
+    print(f"{'step':<20} {'space':>6} {'ms/step':>9} {'vs SimSiam':>10} {'compile s':>10} "
           f"{'compiles':>8} {'XLA MiB':>8}")
     for name, space, seconds, compile_s, compiles, memory in rows:
-        print(f"{name:<16} {space:>6} {1000 * seconds:>9.0f} {seconds / rows[0][2]:>9.2f}x "
+        print(f"{name:<20} {space:>6} {1000 * seconds:>9.0f} {seconds / rows[0][2]:>9.2f}x "
               f"{compile_s:>10.1f} {compiles:>8} {memory:>8.0f}")
-    print(f"256-path space / 16-path space step time: {rows[2][2] / rows[1][2]:.2f}x")
+    for name, (small, large) in (("masked", rows[1:3]), ("compact", rows[3:5])):
+        print(f"{name}: 256-path space / 16-path space step time: {large[2] / small[2]:.2f}x")
+    print(f"compact / masked SDR step (256 paths): {rows[4][2] / rows[2][2]:.2f}x")
 
 
 if __name__ == "__main__":

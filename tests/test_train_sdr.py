@@ -187,8 +187,9 @@ def test_run_compiles_once_per_stage_kind_and_resumes_mid_stage(small_mosaic_dir
 
 @pytest.mark.slow
 def test_compiles_at_most_once_per_step_function(small_mosaic_dir, assignments_file, tmp_path):
+    # Masked sub-nets: one step function for all stages >= 1 (compact: tests/test_compact.py).
     config = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
-                         eval__knn_tasks=())
+                         eval__knn_tasks=(), sdr__subnet_exec="masked")
     trainer = sdr.SDRTrainer(config, str(tmp_path))
     state = trainer.init_state()
     data = trainer.make_data(0, None)

@@ -264,6 +264,34 @@ def active_channels(layout: ChannelLayout, p: int) -> np.ndarray:
     return np.flatnonzero((ids == -1) | (ids == p) | (p == ALL))
 
 
+def group_channels(layout: ChannelLayout, p: jax.Array) -> jax.Array:
+    """Indices of the channels group `p` (a traced value, not ALL) uses, in the order of
+    `active_channels`: the shared ones, then the group's. Static size, traced values."""
+    group = layout.shared + p * layout.group_width + jnp.arange(layout.group_width)
+    return jnp.concatenate([jnp.arange(layout.shared), group]).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePath:
+    """A path of progressive stage `stage` whose group entries are traced values.
+
+    Its first L - stage entries are ALL, statically (the stage is a Python int); the others are
+    groups, read from `values` (L,) (a traced int array, its ALL entries ignored). Indexing gives
+    ALL or the traced group, so the channels a path keeps have static counts and traced indices:
+    what compact execution (models/compact.py) needs to gather a sub-net's weights without
+    recompiling for every path.
+    """
+
+    values: Any
+    stage: int
+
+    def __getitem__(self, block: int):
+        return ALL if block < len(self) - self.stage else self.values[block]
+
+    def __len__(self) -> int:
+        return self.values.shape[-1]
+
+
 @dataclasses.dataclass(frozen=True)
 class SDRLayout:
     """Which network stages are SDR blocks and how their channels split."""

@@ -21,7 +21,7 @@ import numpy as np
 from sdr_jax.core import io
 from sdr_jax.core.errors import CheckpointError
 from sdr_jax.models import backbones, build_model, path_spec
-from sdr_jax.models.backbones.base import SHARED_FIELDS, plain
+from sdr_jax.models.backbones.base import SHARED_FIELDS, plain, take
 from sdr_jax.models.simsiam import SimSiam
 
 Variables = dict[str, Any]
@@ -94,12 +94,21 @@ def export_subnet(model_cfg: Any, variables: Variables, path: Any) -> tuple[SimS
     path = path_spec(model_cfg).validate(path)
     if path.ndim != 1:
         raise ValueError(f"export_subnet takes one path, got shape {path.shape}.")
+    return subnet_of(model, variables, path)
+
+
+def subnet_of(model: SimSiam, variables: Variables, path: Any) -> tuple[SimSiam, Variables]:
+    """`model`'s compact sub-net on `path` and its variables (`export_subnet` without the config).
+
+    `path` is a validated concrete path (NumPy variables out), or a `paths.StagePath` inside a
+    jitted function: then the variables are gathered from the traced ones (autodiff's transpose
+    of the gather puts a sub-net's gradients in the full weights; models/compact.py)."""
     params, stats = plain(variables["params"]), plain(variables["batch_stats"])
     compact, backbone_vars, kept = model.backbone.export(
         {"params": params["backbone"], "batch_stats": stats["backbone"]}, path)
     params["backbone"], stats["backbone"] = backbone_vars["params"], backbone_vars["batch_stats"]
     dense0 = params["projector"]["dense_0"]
-    dense0["kernel"] = dense0["kernel"][kept]
+    dense0["kernel"] = take(dense0["kernel"], kept, 0)
     return model.clone(backbone=compact), {"params": params, "batch_stats": stats}
 
 

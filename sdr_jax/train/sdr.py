@@ -32,7 +32,7 @@ index in the slot's batch), so a step's inputs are the same on any layout and af
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ from ml_collections import ConfigDict
 
 from sdr_jax import methods, models
 from sdr_jax.methods import distill
+from sdr_jax.models import compact as compact_lib
 from sdr_jax.data import assignments as assignments_lib
 from sdr_jax.data import photometric, sdr_batches
 from sdr_jax.core.errors import ConfigError
@@ -60,10 +61,13 @@ SDRMetrics = step_lib.metrics_collection(
 
 
 def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, state: TrainState,
-             batch: dict, full_path: jax.Array, *, kd: str, kd_weight: float, with_subnets: bool):
+             batch: dict, full_path: jax.Array, *, kd: str, kd_weight: float, with_subnets: bool,
+             compact_stage: Optional[int] = None):
     """This device's share of the SDR loss: (loss, (batch_stats, method_state, metric values)).
 
-    Must run under `jax.shard_map` over DATA_AXIS (the BN statistics use it).
+    Must run under `jax.shard_map` over DATA_AXIS (the BN statistics use it). With
+    `compact_stage`, the sub-nets (paths of that progressive stage) run at their own width
+    (`models/compact.py`); the SiamKD teacher, the SDRnet, stays masked.
     """
     loss_sdrnet, batch_stats, method_state, (out1, _) = method.forward(
         sdrnet_model, params, state.batch_stats, state.method_state, batch["d0_view1"],
@@ -76,11 +80,14 @@ def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, stat
                       collapse_std_subnet_min=zero)
         return loss_sdrnet, (batch_stats, method_state, _global(values))
 
+    student = (subnet_model if compact_stage is None
+               else compact_lib.CompactSubnets(subnet_model, compact_stage))
+
     def one_path(path, view1, view2):
         # Train-mode BN (batch statistics); the running-statistics updates (the network's and
         # the method state's) are dropped (module docstring: only the SDRnet's D0 pass updates
         # them, whatever the layout).
-        loss, _, _, outs = method.forward(subnet_model, params, state.batch_stats,
+        loss, _, _, outs = method.forward(student, params, state.batch_stats,
                                           state.method_state, view1, view2, path)
         loss_kd = distill.distill_loss(kd, subnet_model, params, state.batch_stats, outs,
                                        (view1, view2), full_path)
@@ -107,17 +114,20 @@ def _global(values: dict) -> dict:
 def make_sdr_step(method: methods.SSLMethod, sdrnet_model, subnet_model,
                   tx: optax.GradientTransformation, mesh: Mesh, full_path: jax.Array, *, kd: str,
                   kd_weight: float, with_subnets: bool, aug_cfg: ConfigDict | None,
-                  seed: int = 0):
+                  seed: int = 0, compact_stage: Optional[int] = None):
     """One jitted SPMD step `(state, global batch) -> (state, metrics)`, state donated.
 
     `sdrnet_model`: built with bn_axis_name=DATA_AXIS (SyncBN); `subnet_model`: the same with
     sync_bn=False (per-path batch statistics). `with_subnets=False` is progressive stage 0.
     Every view gets the photometric augmentations of `aug_cfg` on the device (module
-    docstring); `aug_cfg=None`: the views are used as they come.
+    docstring); `aug_cfg=None`: the views are used as they come. `compact_stage`: the sub-nets
+    run compact (`sdr.subnet_exec='compact'`), for the paths of this stage only (one step
+    function, one compile, per stage); None: masked, any stage.
     """
     def loss_fn(params, state, batch):
         return sdr_loss(method, sdrnet_model, subnet_model, params, state, batch, full_path,
-                        kd=kd, kd_weight=kd_weight, with_subnets=with_subnets)
+                        kd=kd, kd_weight=kd_weight, with_subnets=with_subnets,
+                        compact_stage=compact_stage)
 
     return step_lib.make_step(loss_fn, tx, mesh, metrics=SDRMetrics,
                               after_update=trainer_lib.method_update(method),
@@ -156,6 +166,9 @@ class SDRTrainer(trainer_lib.Trainer):
         if not config.model.kd_head:
             raise ConfigError("SDR training needs model.kd_head=True (the SiamKD predictor).")
         distill.check(cfg.kd)
+        if cfg.subnet_exec not in compact_lib.EXECUTIONS:
+            raise ConfigError(f"sdr.subnet_exec={cfg.subnet_exec!r}; choose one of "
+                              f"{compact_lib.EXECUTIONS}.")
         num_devices = self.mesh.devices.size
         self.paths_per_step = cfg.paths_per_step or num_devices
         if self.paths_per_step % num_devices:
@@ -214,15 +227,21 @@ class SDRTrainer(trainer_lib.Trainer):
 
     def make_step_fn(self):
         cfg = self.config.sdr
-        steps = {with_subnets: make_sdr_step(
+        make = lambda with_subnets, stage=None: make_sdr_step(  # noqa: E731
             self.method, self.sdrnet_model, self.subnet_model, self.tx, self.mesh,
             self.full_path, kd=cfg.kd, kd_weight=cfg.kd_weight, with_subnets=with_subnets,
-            aug_cfg=self.config.data.aug, seed=self.config.seed)
-            for with_subnets in (False, True)}
-        self.step_functions = steps  # by stage 0 / later stages (tests count compiles)
+            aug_cfg=self.config.data.aug, seed=self.config.seed, compact_stage=stage)
+        if cfg.subnet_exec == "compact":  # by progressive stage: the shapes depend on it
+            steps = {0: make(False)}
+            steps.update({s: make(True, s) for s in range(1, self.spec.max_stage + 1)})
+            key = lambda batch: self.spec.stage_of(batch["paths"][0]) if "paths" in batch else 0  # noqa: E731
+        else:  # by stage 0 / later stages
+            steps = {False: make(False), True: make(True)}
+            key = lambda batch: "paths" in batch  # noqa: E731
+        self.step_functions = steps  # tests count their compiles
 
         def step_fn(state, batch):
-            return steps["paths" in batch](state, mesh_lib.shard_batch(batch, self.mesh))
+            return steps[key(batch)](state, mesh_lib.shard_batch(batch, self.mesh))
         return step_fn
 
     def log_extras(self, step: int) -> dict[str, float]:

@@ -12,6 +12,9 @@ backbone of a path, its variables, and the feature channels it keeps (the heads'
 
 A new backbone subclasses `Backbone`, implements `channel_widths`, `setup` and `export`
 (`slice_conv_bn` slices a conv + BN pair), and lists its archs in `backbones/__init__.py`.
+`export` also runs inside the jitted SDR step on a `paths.StagePath` (traced groups): compact
+execution of sub-nets (models/compact.py). Written with `active_channels`, `plain` and
+`slice_conv_bn`/`take`, which accept traced channel indices, it needs nothing more.
 `stem`, `stage` and `level_scopes` have defaults for the layout both backbones here use: the
 stem of `setup_stem` and a list `self.stages` of stage modules named `stages_{s}`.
 """
@@ -112,15 +115,23 @@ class Backbone(nn.Module):
                      else tuple(self.sdr.layout(s, w) for w in ws)
                      for s, ws in enumerate(widths))
 
-    def active_channels(self, path: Optional[np.ndarray]) -> tuple[tuple[np.ndarray, ...], ...]:
-        """Per stage, the static indices of the channels `path` uses, one array per width."""
+    def active_channels(self, path: Any) -> tuple[tuple[Any, ...], ...]:
+        """Per stage, the indices of the channels `path` uses, one array per width.
+
+        Static NumPy arrays for a concrete path; for a `paths.StagePath` (traced groups) the
+        stages it drives get traced index arrays of static size (`paths.group_channels`), so
+        `export` then gathers a compact sub-net inside a jitted function (models/compact.py).
+        """
         out = []
         for s, (widths, layouts) in enumerate(zip(self.channel_widths(), self.channel_layouts())):
-            if layouts is None:
+            p = None if layouts is None else path[self.sdr.block_of(s)]
+            traced = isinstance(p, jax.core.Tracer)
+            if layouts is None or (not traced and int(p) == paths.ALL):
                 out.append(tuple(np.arange(w) for w in widths))
+            elif traced:
+                out.append(tuple(paths.group_channels(layout, p) for layout in layouts))
             else:
-                p = int(path[self.sdr.block_of(s)])
-                out.append(tuple(paths.active_channels(layout, p) for layout in layouts))
+                out.append(tuple(paths.active_channels(layout, int(p)) for layout in layouts))
         return tuple(out)
 
     def path_entry(self, path: Optional[jax.Array], stage: int) -> Optional[jax.Array]:
@@ -223,10 +234,22 @@ def base_width(width: float) -> int:
 
 
 def plain(tree: Any) -> Any:
-    """A mutable nested-dict NumPy copy of a variables tree."""
+    """A mutable nested-dict NumPy copy of a variables tree (traced leaves are kept: inside a
+    jitted function `export` gathers from them, and gradients flow back through the gather)."""
     if isinstance(tree, dict) or hasattr(tree, "items"):
         return {k: plain(v) for k, v in tree.items()}
-    return np.asarray(tree)
+    return tree if isinstance(tree, jax.core.Tracer) else np.asarray(tree)
+
+
+def take(array: Any, index: Any, axis: int) -> Any:
+    """`array` restricted to entries `index` along `axis`: NumPy indexing for static indices
+    (`array` itself when they are all of them, in order), a gather for traced ones."""
+    if isinstance(index, np.ndarray):
+        if index.size == array.shape[axis] and (index == np.arange(index.size)).all():
+            return array
+        return np.take(array, index, axis) if isinstance(array, np.ndarray) else \
+            jnp.take(array, index, axis)
+    return jnp.take(array, index, axis, unique_indices=True, indices_are_sorted=True)
 
 
 def slice_conv_bn(params: dict, stats: dict, conv_name: str, bn_name: str, cin: np.ndarray,
@@ -235,7 +258,7 @@ def slice_conv_bn(params: dict, stats: dict, conv_name: str, bn_name: str, cin: 
 
     `params` and `stats` are the (plain, mutable) variables of the module holding both.
     """
-    params[conv_name]["kernel"] = params[conv_name]["kernel"][..., cin, :][..., cout]
+    params[conv_name]["kernel"] = take(take(params[conv_name]["kernel"], cin, -2), cout, -1)
     for tree in (params, stats):
         for key in tree[bn_name]:
-            tree[bn_name][key] = tree[bn_name][key][cout]
+            tree[bn_name][key] = take(tree[bn_name][key], cout, 0)

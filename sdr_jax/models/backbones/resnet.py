@@ -67,7 +67,8 @@ class Bottleneck(nn.Module):
 def _shortcut(block: nn.Module, x: jax.Array, outer_mask: Mask, train: bool) -> jax.Array:
     out = block.filters * block.expansion
     if block.identity_select is not None:
-        return x[..., np.asarray(block.identity_select)]
+        select = block.identity_select  # a tuple, or traced indices in a compact sub-net
+        return x[..., np.asarray(select) if isinstance(select, tuple) else select]
     if x.shape[-1] == out and block.strides == 1:
         return x
     y = conv(out, 1, block.strides, "proj_conv", block.dtype)(x)
@@ -140,7 +141,7 @@ class ResNet(Backbone, kw_only=True):
         identity = self.channel_widths()[0][1] == stem_width and first_out.size < stem_width
         compact = self.clone(
             stage_widths=tuple(inner.size for inner, _ in stage_idx), sdr=None,
-            identity_select=tuple(int(i) for i in first_out) if identity else None)
+            identity_select=_index_field(first_out) if identity else None)
 
         params, stats = plain(variables["params"]), plain(variables["batch_stats"])
         prev = np.arange(stem_width)
@@ -157,6 +158,12 @@ class ResNet(Backbone, kw_only=True):
                                       cin, cout)
                 prev = outer
         return compact, {"params": params, "batch_stats": stats}, prev
+
+
+def _index_field(index: Any) -> Any:
+    """Channel indices as a module field: a tuple of ints (saved with an export), or the traced
+    array itself inside a jitted compact sub-net (models/compact.py)."""
+    return index if isinstance(index, jax.core.Tracer) else tuple(int(i) for i in index)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
