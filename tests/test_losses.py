@@ -48,3 +48,14 @@ def test_collapse_std():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="same shape"):
         negative_cosine(jnp.ones((2, 3)), jnp.ones((2, 4)))
+
+
+def test_l2_distillation_is_the_elementwise_mean_squared_error_to_a_fixed_teacher():
+    from sdr_jax.methods.distill import l2_distill_loss
+    rng = np.random.default_rng(2)
+    p, z = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(2))
+    np.testing.assert_allclose(l2_distill_loss(jnp.asarray(p), jnp.asarray(z)),
+                               np.mean((p - z) ** 2), rtol=1e-6)
+    grad_p, grad_z = jax.grad(l2_distill_loss, argnums=(0, 1))(jnp.asarray(p), jnp.asarray(z))
+    np.testing.assert_allclose(grad_p, 2 * (p - z) / p.size, rtol=1e-5)
+    assert not np.any(np.asarray(grad_z))
