@@ -15,7 +15,7 @@ Where our code differs from the paper (our choices, on purpose or for now):
     blur p=1.0, no solarize; view 2: blur p=0.1, solarize p=0.2), as the paper. Its blur
     kernel is 23 px wide, ours 2 ceil(3 x 2.0) + 1 = 13 taps (+-3 of the largest sigma, 2.0).
 
-  python launch/train.py --config=configs/byol_imagenet.py --workdir=gs://.../byol
+  python launch/train.py --config=configs/byol_imagenet.py --workdir=runs/imagenet/byol
 """
 from sdr_jax.config_base import check_variant, make_tiny, simsiam_config, use_method
 
