@@ -32,8 +32,7 @@ def step_on(devices, config, state_host, batch):
     tx, _ = optim.make_optimizer(config.optim, 10)
     state = jax.device_put(state_host, mesh_lib.replicated(mesh))
     # The views as given: the step's maths on 8 devices vs 1. The device augmentations' own
-    # layout independence is tested in test_device_augment.py (float rounding of other
-    # fusions may move a rare pixel by one level, which would blur this comparison).
+    # layout independence (the same bits) is tested in test_device_augment.py.
     step = pretrain.make_train_step(methods.build(config.method, 10), model, tx, mesh, path,
                                     aug_cfg=None)
     state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))

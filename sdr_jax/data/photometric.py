@@ -16,8 +16,10 @@ blur takes one sigma per call and pads with zeros, and its contrast, saturation 
 TF's definitions (per-channel mean, HSV), not torchvision's, so the ops are written here (each
 a few lines, each tested against the host op). Randomness: example i of a batch draws
 from `fold_in(key, i)` with i its index in the global batch, so a batch's augmentation is a
-pure function of (key, images) whatever the device layout; callers derive `key` from
-(seed, step, view) (`view_key`), which keeps kill-and-resume exact.
+pure function of (key, images) whatever the device layout, bit for bit: the one float
+reduction, contrast's mean luma, is an exact integer sum (`mean_luma`), and the elementwise maths
+rounds alike in any fusion; callers derive `key` from (seed, step, view) (`view_key`), which
+keeps kill-and-resume exact.
 """
 from __future__ import annotations
 
@@ -123,8 +125,22 @@ def adjust_brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
     return jnp.clip(x * factor, 0.0, 1.0)
 
 
+def mean_luma(x: jax.Array) -> jax.Array:
+    """(..., H, W, 3) -> (..., 1, 1, 1): each image's mean luma, summed exactly.
+
+    A float sum's rounding depends on its order, which XLA picks per program (the per-device
+    batch size changes it), so the pixels' lumas are rounded to a grid of 2^-bits and summed
+    as int32 (exact in any order; bits keeps the sum below 2^30): the mean is then a pure
+    function of the image on every device layout, within 2^-bits / 2 of the float mean.
+    """
+    height, width = x.shape[-3:-1]
+    bits = 30 - math.ceil(math.log2(height * width))
+    total = jnp.sum(jnp.round(luma(x) * 2.0**bits).astype(jnp.int32), axis=(-2, -1))
+    return (total.astype(jnp.float32) / (height * width) * 2.0**-bits)[..., None, None, None]
+
+
 def adjust_contrast(x: jax.Array, factor: jax.Array) -> jax.Array:
-    mean = jnp.mean(luma(x), axis=(-2, -1), keepdims=True)[..., None]
+    mean = mean_luma(x)
     return jnp.clip(x * factor + mean * (1.0 - factor), 0.0, 1.0)
 
 
@@ -193,7 +209,7 @@ def color_jitter(x: jax.Array, params: dict) -> jax.Array:
         factor = jnp.take_along_axis(factors, op[:, None], axis=1)[:, :, None, None]  # (N,1,1,1)
         gray = luma(x)[..., None]
         target = jnp.where((op == _CONTRAST)[:, None, None, None],
-                           jnp.mean(gray, axis=(1, 2, 3), keepdims=True),
+                           mean_luma(x),
                            jnp.where((op == _SATURATION)[:, None, None, None], gray, 0.0))
         blended = jnp.clip(x * factor + target * (1.0 - factor), 0.0, 1.0)
         x = jnp.where((op == _HUE)[:, None, None, None], adjust_hue(x, hue), blended)
