@@ -38,3 +38,22 @@ def random_variables(model, images, path, seed=0):
 
 def images(n=4, size=16, seed=0):
     return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)), jnp.uint8)
+
+
+def pretrain_step_on(devices, config, state_host, batch, num_steps=10):
+    """One pre-training step of `config`'s method on `devices` (the 8-vs-1 device tests), the
+    views as given: the device augmentations' own layouts are tested in test_device_augment.py.
+    Returns (state on the host, metrics as floats)."""
+    from sdr_jax import methods, models
+    from sdr_jax.core import mesh as mesh_lib
+    from sdr_jax.train import optim, pretrain
+
+    mesh = mesh_lib.make_data_mesh(devices)
+    model = models.build_model(config.model, bn_axis_name=mesh_lib.DATA_AXIS)
+    path = jnp.asarray(models.path_spec(config.model).full_path())
+    method = methods.build(config.method, num_steps)
+    tx, _ = optim.make_optimizer(config.optim, num_steps, method.predictors)
+    step = pretrain.make_train_step(method, model, tx, mesh, path, aug_cfg=None)
+    state, metrics = step(jax.device_put(state_host, mesh_lib.replicated(mesh)),
+                          mesh_lib.shard_batch(batch, mesh))
+    return jax.device_get(state), {k: float(v) for k, v in metrics.compute().items()}

@@ -7,10 +7,10 @@ import pytest
 
 from configs import byol_mosaic, sdr_mosaic
 from sdr_jax import methods, models
-from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.methods import byol
 from sdr_jax.train import checkpoint, optim, pretrain, reporting, sdr
 from sdr_jax.train.state import create_train_state
+from models_testlib import pretrain_step_on
 
 
 def unit(x):
@@ -60,19 +60,6 @@ def tiny_config(data_dir, **train):
     return config.lock()
 
 
-def step_on(devices, config, state_host, batch):
-    mesh = mesh_lib.make_data_mesh(devices)
-    model = models.build_model(config.model, bn_axis_name=mesh_lib.DATA_AXIS)
-    path = jnp.asarray(models.path_spec(config.model).full_path())
-    method = methods.build(config.method, 10)
-    tx, _ = optim.make_optimizer(config.optim, 10, method.predictors)
-    # The views as given (test_device_augment.py tests the device augmentations' layouts).
-    step = pretrain.make_train_step(method, model, tx, mesh, path, aug_cfg=None)
-    state, metrics = step(jax.device_put(state_host, mesh_lib.replicated(mesh)),
-                          mesh_lib.shard_batch(batch, mesh))
-    return jax.device_get(state), {k: float(v) for k, v in metrics.compute().items()}
-
-
 def test_eight_devices_equal_one_device_and_the_target_is_the_ema(small_mosaic_dir):
     config = tiny_config(small_mosaic_dir)
     assert config.method.name == "byol" and not config.optim.fix_pred_lr
@@ -86,8 +73,8 @@ def test_eight_devices_equal_one_device_and_the_target_is_the_ema(small_mosaic_d
     rng = np.random.default_rng(0)
     batch = {k: rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8) for k in ("view1", "view2")}
 
-    one_state, one = step_on(jax.devices()[:1], config, state, batch)
-    eight_state, eight = step_on(jax.devices(), config, state, batch)
+    one_state, one = pretrain_step_on(jax.devices()[:1], config, state, batch)
+    eight_state, eight = pretrain_step_on(jax.devices(), config, state, batch)
     assert set(one) == set(eight) == {"loss", "collapse_std", "grad_norm", "update_norm"}
     for key in one:
         np.testing.assert_allclose(eight[key], one[key], atol=1e-5, rtol=1e-5, err_msg=key)

@@ -14,6 +14,7 @@ from sdr_jax import methods, models
 from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, pretrain, reporting
 from sdr_jax.train.state import create_train_state
+from models_testlib import pretrain_step_on
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,20 +24,6 @@ def tiny_config(data_dir, **train):
     config.data.data_dir = data_dir
     config.train.update(train)
     return config.lock()
-
-
-def step_on(devices, config, state_host, batch):
-    mesh = mesh_lib.make_data_mesh(devices)
-    model = models.build_model(config.model, bn_axis_name=mesh_lib.DATA_AXIS)
-    path = jnp.asarray(models.path_spec(config.model).full_path())
-    tx, _ = optim.make_optimizer(config.optim, 10)
-    state = jax.device_put(state_host, mesh_lib.replicated(mesh))
-    # The views as given: the step's maths on 8 devices vs 1. The device augmentations' own
-    # layout independence (the same bits) is tested in test_device_augment.py.
-    step = pretrain.make_train_step(methods.build(config.method, 10), model, tx, mesh, path,
-                                    aug_cfg=None)
-    state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
-    return jax.device_get(state), {k: float(v) for k, v in metrics.compute().items()}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +41,8 @@ def initial(small_mosaic_dir):
 def test_eight_devices_equal_one_device_on_the_whole_batch(initial):
     config, state, batch = initial
     assert jax.device_count() == 8
-    one_state, one_metrics = step_on(jax.devices()[:1], config, state, batch)
-    eight_state, eight_metrics = step_on(jax.devices(), config, state, batch)
+    one_state, one_metrics = pretrain_step_on(jax.devices()[:1], config, state, batch)
+    eight_state, eight_metrics = pretrain_step_on(jax.devices(), config, state, batch)
     assert set(eight_metrics) == set(one_metrics) == {"loss", "collapse_std", "grad_norm",
                                                       "update_norm"}
     for key in one_metrics:  # collapse_std too: the std over the global batch
