@@ -17,7 +17,8 @@ Where our code differs from the paper (our choices, on purpose or for now):
 
   python launch/train.py --config=configs/byol_imagenet.py --workdir=runs/imagenet/byol
 """
-from sdr_jax.config_base import check_variant, make_tiny, simsiam_config, use_method
+from sdr_jax.config_base import (check_variant, make_tiny, simsiam_config, use_imagenet_scale,
+                                 use_method)
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -28,7 +29,7 @@ def get_config(arg: str | None = None):
     use_method(config, "byol", base_momentum=0.99)
     config.optim.fix_pred_lr = False   # BYOL keeps no module at a fixed lr (methods/byol.py)
     config.model.proj_layers = 2
-    config.model.dtype = "bfloat16"
+    use_imagenet_scale(config)
     config.optim.optimizer = "lars"
     config.optim.batch_size = 4096
     config.optim.base_lr = 0.45
@@ -40,9 +41,6 @@ def get_config(arg: str | None = None):
     config.data.aug.view1.solarize_prob = 0.0
     config.data.aug.view2.blur_prob = 0.1
     config.data.aug.view2.solarize_prob = 0.2
-    config.data.num_workers = 16
-    config.train.num_epochs = 100
-    config.train.knn_every = 5000
     if check_variant(arg) == "tiny":
         make_tiny(config)
     return config.lock()

@@ -9,17 +9,14 @@ the SimSiam ImageNet recipe (batch 512, SGD lr 0.05·bs/256 cosine, wd 1e-4, fix
 `:tiny` keeps the 256-path structure with a tiny model on `mosaic/small` (CPU smoke test);
 `:method=byol` (or `:tiny,method=byol`) is SDR over BYOL instead of SimSiam.
 """
-from sdr_jax.config_base import apply_variants, sdr_config
+from sdr_jax.config_base import apply_variants, sdr_config, use_imagenet_scale
 
 
 def get_config(arg: str | None = None):
     config = sdr_config(dataset="imagenet2012", split="train", image_size=224, arch="resnet50",
                         width=1.0, stem="imagenet", proj_dim=2048, pred_dim=512, num_groups=4)
     config.model.sdr.num_paths = 256
-    config.model.dtype = "bfloat16"
-    config.data.num_workers = 16
-    config.train.num_epochs = 100
-    config.train.knn_every = 5000
+    use_imagenet_scale(config)
     config.sdr.paths_per_step = 8
     config.sdr.subnet_batch_size = 64
     return apply_variants(config, arg).lock()

@@ -4,16 +4,13 @@ augmentations with blur. Needs `imagenet2012` prepared for TFDS (ArrayRecord) in
 
   python launch/train.py --config=configs/simsiam_imagenet.py --workdir=runs/imagenet/simsiam
 """
-from sdr_jax.config_base import check_variant, make_tiny, simsiam_config
+from sdr_jax.config_base import check_variant, make_tiny, simsiam_config, use_imagenet_scale
 
 
 def get_config(arg: str | None = None):
     config = simsiam_config(dataset="imagenet2012", split="train", image_size=224, arch="resnet50",
                             width=1.0, stem="imagenet", proj_dim=2048, pred_dim=512)
-    config.model.dtype = "bfloat16"
-    config.data.num_workers = 16
-    config.train.num_epochs = 100
-    config.train.knn_every = 5000
+    use_imagenet_scale(config)
     if check_variant(arg) == "tiny":
         make_tiny(config)
     return config.lock()

@@ -314,6 +314,16 @@ def use_mosaic_recipe(config: ConfigDict) -> ConfigDict:
     return config
 
 
+def use_imagenet_scale(config: ConfigDict) -> ConfigDict:
+    """What every ImageNet pre-training config shares, whatever the method: bfloat16
+    activations, 16 input workers, 100 epochs, a kNN probe every 5000 steps."""
+    config.model.dtype = "bfloat16"
+    config.data.num_workers = 16
+    config.train.num_epochs = 100
+    config.train.knn_every = 5000
+    return config
+
+
 def make_tiny(config: ConfigDict) -> ConfigDict:
     """A tiny model and a handful of steps: any experiment runs end to end in seconds on a CPU."""
     config.model = model_config("tiny", width=TINY_WIDTH, stem="small", proj_dim=32, pred_dim=16,
