@@ -73,11 +73,11 @@ def get_config(arg: str | None = None):
             overrides=(("sdr.sdr.progressive", False),),
             share_from="sdr_seed0", shared=shared_start,
             note="progressive training off: every path from step 1"),
-        # The SDR stage starts from SimSiam's weights, whose cosine schedule ended at lr 0; the
-        # recipe restarts it at the peak (0.05). A quarter of that is fine-tuning instead.
-        arm("ablation_sdr_lr", "ablation", overrides=(("sdr.optim.base_lr", 0.05),),
+        # The SDR stage starts from SimSiam's weights, whose cosine schedule ended at lr 0, and
+        # fine-tunes them at a quarter of the recipe's peak; this arm restarts at the peak.
+        arm("ablation_sdr_lr_peak", "ablation", overrides=(("sdr.optim.base_lr", 0.2),),
             share_from="sdr_seed0", shared=shared_start,
-            note="SDR at a quarter of the learning rate (peak 0.0125)"),
+            note="SDR restarts at the recipe's peak lr (0.05), not a quarter of it"),
         # The number of sub-nets: G groups in the last L stages (1 sub-net = SimSiam itself,
         # 16 = the headline arms). Own clusters (made for that tree), seed 0's SimSiam.
         arm("ablation_subnets4", "ablation",
@@ -95,7 +95,7 @@ def get_config(arg: str | None = None):
             note="G=4 groups x L=3 stages: 64 sub-nets"),
     ]
     if tiny:  # one ablation exercises sharing; the rest only cost time in a test
-        arms = [a for a in arms if a.name not in ("ablation_kd_l2", "ablation_sdr_lr",
+        arms = [a for a in arms if a.name not in ("ablation_kd_l2", "ablation_sdr_lr_peak",
                                                   "ablation_subnets4", "ablation_subnets64")]
     config.arms = tuple(arms)
     # The reference of the ablations (same SimSiam, clusters and baseline).

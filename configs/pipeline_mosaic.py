@@ -13,8 +13,9 @@ empty. `data_dir`, when set, is the TFDS data_dir of every stage. SimSiam and th
 Default sizes (15 minutes measured on 2 CPU cores, README): SimSiam 1600 steps of 64 images at
 16x16 (~2.5 epochs of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 300 steps
 of 64 images for the SDRnet + 4 paths x 32 for the sub-nets, starting from the SimSiam weights
-(`sdr_from_simsiam`: stage 0 gets no steps, stages 1-4 a quarter each; with
-`--config.sdr_from_simsiam=False` also pass `--config.sdr.sdr.stage_fractions="()"`), routing
+(`sdr_from_simsiam`: stage 0 gets no steps, stages 1-4 a quarter each, at a quarter of the
+recipe's lr; with `--config.sdr_from_simsiam=False` also pass
+`--config.sdr.sdr.stage_fractions="()" --config.sdr.optim.base_lr=0.2`), routing
 of the 16 paths on the 6 tasks, each path selected on 250 held-out train images with 1000
 memory images and scored on all the task's test images (up to 1000; BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
@@ -49,6 +50,10 @@ def get_config(arg: str | None = None):
         stage.eval.knn_tasks = ()          # the summary's table is the kNN evaluation
     if config.sdr_from_simsiam:            # stage 0 (the SDRnet alone) is the SimSiam run
         config.sdr.sdr.stage_fractions = (0.0, 0.25, 0.25, 0.25, 0.25)
+        # SimSiam's cosine schedule ended at lr 0: the SDR stage fine-tunes its weights at a
+        # quarter of the recipe's peak rather than restarting at the peak. Chosen on routing
+        # validation (docs/RESULTS.md, the `ablation_sdr_lr_peak` arm: the restart).
+        config.sdr.optim.base_lr = config.simsiam.optim.base_lr / 4
     if not variant:
         for stage in (config.simsiam, config.sdr):
             stage.train.knn_every = 0
