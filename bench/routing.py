@@ -60,7 +60,16 @@ def main():
     start = time.perf_counter()
     np.asarray(naive_fn(variables, images, jnp.asarray(all_paths[0])))
     naive_compile = time.perf_counter() - start
-    np.testing.assert_allclose(got, naive(), rtol=1e-4, atol=1e-4)
+    # Float32 at full precision agrees to 1e-4. XLA:GPU's default float32 matmul/conv precision
+    # on Ampere and later is TF32 (10-bit mantissa), and the two methods sum in other orders:
+    # there 2e-2 is the bound (JAX_DEFAULT_MATMUL_PRECISION=highest restores 1e-4).
+    precision = jax.config.jax_default_matmul_precision or "default"
+    exact = jax.default_backend() == "cpu" or precision in ("highest", "float32")
+    tol = 1e-4 if exact else 2e-2
+    want = naive()
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    print(f"tree == naive within {tol:g} (max abs diff {np.max(np.abs(got - want)):.2e}; "
+          f"float32, matmul precision {precision} on {jax.default_backend()})")
 
     times = {"tree": [], "naive": []}
     for _ in range(args.repeats):

@@ -2,6 +2,8 @@
 
   python launch/build_data.py --dataset=mosaic --config=small --grid=runs/samples.png
   python launch/build_data.py --dataset=folder --source=DIR --name=NAME [--resize=keep]
+  python launch/build_data.py --dataset=mosaic --export=DIR/mosaic_export.npz   # ~18 MB
+  python launch/build_data.py --dataset=mosaic --manual_dir=DIR     # elsewhere: from the export
 
 A folder dataset (sdr_jax/data/folder.py) holds every image under DIR as a pre-training pool
 (`--config.data.dataset=NAME`) and, for a DIR/{train,test[,val]}/<class>/ layout, the task NAME
@@ -19,6 +21,9 @@ flags.DEFINE_string('dataset', 'mosaic', 'mosaic, mosaic/<config>, or folder (wi
 flags.DEFINE_string('config', None, 'Builder config (default|small); default: from --dataset.')
 flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: ~/tensorflow_datasets).')
 flags.DEFINE_string('manual_dir', None, 'Read every source from this tree (tests, fixtures).')
+flags.DEFINE_string('export', None, 'mosaic: write the source images the config uses to this '
+                    'file (a compact export; a --manual_dir holding it as mosaic_export.npz '
+                    'builds the same dataset on a machine without the sources) and stop.')
 flags.DEFINE_string('grid', None, 'Write a PNG grid of samples, one row per domain (mosaic) '
                     'or class / folder (folder), here.')
 flags.DEFINE_integer('grid_columns', 12, 'Samples per row in the grid.')
@@ -99,6 +104,9 @@ def main(argv: list[str]) -> None:
                 f'only {datasets.MOSAIC} and {FOLDER} can be built offline; prepare {dataset!r} '
                 f'with `tfds build {dataset} --file_format=array_record` on a machine with '
                 'internet.')
+        if FLAGS.export:
+            write_export(FLAGS.config or config or 'default')
+            return
         builder = datasets.prepare_mosaic(FLAGS.data_dir, FLAGS.config or config or 'default',
                                           FLAGS.manual_dir)
         print(format_table(datasets.mosaic_sizes(builder)))
@@ -109,6 +117,18 @@ def main(argv: list[str]) -> None:
     except sources.DataError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(1)
+
+
+def write_export(config_name: str) -> None:
+    import os
+    from sdr_jax.data import datasets, mosaic
+
+    builder = datasets.mosaic_builder(FLAGS.data_dir, config_name)
+    kept = mosaic.export(FLAGS.export, builder.builder_config, FLAGS.manual_dir)
+    print(f'{FLAGS.export}: {os.path.getsize(FLAGS.export) / 2**20:.1f} MiB, '
+          + ', '.join(f'{name} {count}' for name, count in kept.items())
+          + f' images; build from it with --manual_dir=<a directory holding it as '
+          f'{mosaic.mosaic_export.FILE_NAME}>')
 
 
 def build_folder() -> None:

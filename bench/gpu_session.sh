@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One lent-GPU session's measurements (../shared/docs/DEVICE.md has the recipe), run on the
+# device machine from the repository root with `carry: [".whl", ".data"]`:
+#   .whl/   the wheels the GPU image lacks (DEVICE.md's list, ~11 MB)
+#   .data/  mosaic_export.npz (`python launch/build_data.py --export=.data/mosaic_export.npz`,
+#           ~17 MB): the `data` section builds the default mosaic dataset from it there.
+#
+#   SECTIONS="data sdr_step clustering routing long" DEADLINE=580 bash bench/gpu_session.sh
+#
+# Each section runs under a cap (never past DEADLINE seconds from the start) and appends its
+# output to $OUT/log.txt; the `long` section is issue 12's `pipeline_mosaic.py:long` in
+# runs/long (resumable: a second call on the same warm machine continues it) and copies its
+# summary and timings to $OUT. Dry run on a CPU: SCALE=cpu OUT=/tmp/out bash bench/gpu_session.sh
+set -u
+OUT=${OUT:-/tmp/gpu_session}
+mkdir -p "$OUT"
+DEADLINE=${DEADLINE:-580}
+SECTIONS=${SECTIONS:-"data sdr_step clustering routing long"}
+SCALE=${SCALE:-full}
+LOG=$OUT/log.txt
+if [ -d .whl ] && [ "$SCALE" = full ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+
+# run NAME CAP_SECONDS COMMAND...: under min(CAP, time left), output to $LOG.
+run() {
+  local name=$1 cap=$2 left=$((DEADLINE - SECONDS))
+  shift 2
+  ((left < cap)) && cap=$left
+  if ((cap < 10)); then echo "== $name: skipped, ${left}s left" | tee -a "$LOG"; return; fi
+  echo "== $name (cap ${cap}s, at ${SECONDS}s): $*" | tee -a "$LOG"
+  timeout "$cap" "$@" >>"$LOG" 2>&1
+  echo "== $name: exit $? at ${SECONDS}s" | tee -a "$LOG"
+}
+
+{ nvidia-smi -L 2>/dev/null; python3 -c "import jax, flax; print('jax', jax.__version__,
+  'flax', flax.__version__, jax.devices())"; } >>"$LOG" 2>&1
+if [ "$SCALE" = full ]; then
+  SDR_STEP=(--arch=resnet50 --width=1 --image_size=224 --stem=imagenet --dtype=bfloat16
+            --batch=256 --paths=2 --subnet_batch=128 --proj_dim=2048 --pred_dim=512
+            --rows=4x4-masked,4x4-compact --repeats=5)
+  CLUSTER=(--num_examples=1000000)
+  ROUTE=(--width=1 --batch=256)
+  LONG=configs/pipeline_mosaic.py:long
+else
+  SDR_STEP=(--width=0.125 --batch=16 --subnet_batch=8 --rows=4x4-compact --repeats=1)
+  CLUSTER=(--num_examples=20000)
+  ROUTE=(--arch=tiny --batch=8 --repeats=1)
+  LONG=configs/pipeline_mosaic.py:tiny
+fi
+for section in $SECTIONS; do
+  case $section in
+    data) run data 150 python3 launch/build_data.py --dataset=mosaic --manual_dir=.data ;;
+    sdr_step) run sdr_step 240 python3 bench/sdr_step.py "${SDR_STEP[@]}" ;;
+    clustering) run clustering 100 python3 bench/clustering.py "${CLUSTER[@]}" \
+                  --methods=sdr_stream_argmax,sdr_device_argmax,sdr_device_balanced ;;
+    routing) run routing 150 python3 bench/routing.py "${ROUTE[@]}" ;;
+    long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long
+          cp runs/long/summary.txt runs/long/summary.json runs/long/timings.json "$OUT"/ \
+            2>/dev/null ;;
+    *) echo "unknown section $section" | tee -a "$LOG" ;;
+  esac
+done
+echo "== done at ${SECONDS}s" | tee -a "$LOG"
