@@ -45,20 +45,25 @@ if [ "$SCALE" = full ]; then
   CLUSTER=(--num_examples=1000000)
   ROUTE=(--width=1 --batch=256)
   LONG=configs/pipeline_mosaic.py:long
+  WORKERS=8
 else
   SDR_STEP=(--width=0.125 --batch=16 --subnet_batch=8 --rows=4x4-compact --repeats=1)
   CLUSTER=(--num_examples=20000)
   ROUTE=(--arch=tiny --batch=8 --repeats=1)
   LONG=configs/pipeline_mosaic.py:tiny
+  WORKERS=0
 fi
 for section in $SECTIONS; do
   case $section in
     data) run data 150 python3 launch/build_data.py --dataset=mosaic --manual_dir=.data ;;
-    sdr_step) run sdr_step 240 python3 bench/sdr_step.py "${SDR_STEP[@]}" ;;
+    sdr_step) run sdr_step 360 python3 bench/sdr_step.py "${SDR_STEP[@]}" ;;
     clustering) run clustering 100 python3 bench/clustering.py "${CLUSTER[@]}" \
                   --methods=sdr_stream_argmax,sdr_device_argmax,sdr_device_balanced ;;
     routing) run routing 150 python3 bench/routing.py "${ROUTE[@]}" ;;
-    long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long
+    # Grain workers give the same batches as none (tests/test_input_pipeline.py); with none the
+    # host input limited the GPU to ~20 SimSiam steps/s (2026-11-26).
+    long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long \
+            --config.simsiam.data.num_workers=$WORKERS --config.sdr.data.num_workers=$WORKERS
           cp runs/long/summary.txt runs/long/summary.json runs/long/timings.json "$OUT"/ \
             2>/dev/null ;;
     *) echo "unknown section $section" | tee -a "$LOG" ;;

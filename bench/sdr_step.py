@@ -84,6 +84,11 @@ def main():
     common = dict(dataset="mosaic", image_size=size, arch=args.arch, width=args.width,
                   stem=args.stem, proj_dim=args.proj_dim, pred_dim=args.pred_dim)
     rows = []
+    print(f"{args.arch} x{args.width} {args.dtype}, {size}x{size}, D0 batch {args.batch}, SDR: "
+          f"{args.paths} paths x {args.subnet_batch} images per step, 1 "
+          f"{jax.devices()[0].platform} device")
+    print(f"{'step':<20} {'space':>6} {'ms/step':>9} {'vs SimSiam':>10} {'compile s':>10} "
+          f"{'compiles':>8} {'XLA MiB':>8}", flush=True)
 
     base = simsiam_config(**common)
     base.model.dtype = args.dtype
@@ -95,7 +100,7 @@ def main():
     batch = mesh_lib.shard_batch({"view1": images(args.batch), "view2": images(args.batch)}, mesh)
     seconds, compile_s, state = _time(step, state, batch, args.repeats)
     memory = _memory_mib(step, state, batch)  # after: with a compilation cache, a cache hit
-    rows.append(("SimSiam", 1, seconds, compile_s, step._cache_size(), memory))
+    _add(rows, ("SimSiam", 1, seconds, compile_s, step._cache_size(), memory))
 
     for groups, execution in (_parse_row(row) for row in ROWS if row in wanted):
         cfg = sdr_config(**common, num_groups=groups)
@@ -120,17 +125,9 @@ def main():
             paths = spec.all_paths()[rng.choice(spec.num_paths, args.paths, replace=False)]
             batch["paths"] = mesh_lib.shard_batch({"p": paths.astype(np.int32)}, mesh)["p"]
             state, _ = step(state, batch)
-        rows.append((f"SDR {groups}x4 {execution}", spec.num_paths, seconds, compile_s,
-                     step._cache_size(), memory))
+        _add(rows, (f"SDR {groups}x4 {execution}", spec.num_paths, seconds, compile_s,
+                    step._cache_size(), memory))
     by_name = {row[0]: row for row in rows}
-
-    print(f"{args.arch} x{args.width} {args.dtype}, {size}x{size}, D0 batch {args.batch}, SDR: {args.paths} "
-          f"paths x {args.subnet_batch} images per step, 1 {jax.devices()[0].platform} device")
-    print(f"{'step':<20} {'space':>6} {'ms/step':>9} {'vs SimSiam':>10} {'compile s':>10} "
-          f"{'compiles':>8} {'XLA MiB':>8}")
-    for name, space, seconds, compile_s, compiles, memory in rows:
-        print(f"{name:<20} {space:>6} {1000 * seconds:>9.0f} {seconds / rows[0][2]:>9.2f}x "
-              f"{compile_s:>10.1f} {compiles:>8} {memory:>8.0f}")
     for name in ("masked", "compact"):
         small, large = by_name.get(f"SDR 2x4 {name}"), by_name.get(f"SDR 4x4 {name}")
         if small and large:
@@ -141,6 +138,14 @@ def main():
         if masked and compact:
             print(f"compact / masked SDR step ({groups ** 4} paths): "
                   f"{compact[2] / masked[2]:.2f}x")
+
+
+def _add(rows: list, row: tuple) -> None:
+    """Appends a row and prints it at once (a run stopped at a time cap keeps what it did)."""
+    rows.append(row)
+    name, space, seconds, compile_s, compiles, memory = row
+    print(f"{name:<20} {space:>6} {1000 * seconds:>9.0f} {seconds / rows[0][2]:>9.2f}x "
+          f"{compile_s:>10.1f} {compiles:>8} {memory:>8.0f}", flush=True)
 
 
 ROWS = ("2x4-masked", "4x4-masked", "2x4-compact", "4x4-compact")
