@@ -37,6 +37,9 @@ def test_runs_reports_and_resumes(small_mosaic_dir, tmp_path):
     assert not os.path.islink(os.path.join(ablation, "sdr"))
     record = json.load(open(os.path.join(ablation, "arm.json")))
     assert record["command"] == "pytest" and record["machine"]["cores"] >= 1
+    # The code that ran: the checkout's commit (None only outside a git checkout).
+    assert record["code"] == experiments.code_version()
+    assert record["code"] is None or len(record["code"]["commit"]) == 40
 
     text = open(report).read()
     for heading in ("## 1. SDR vs SimSiam", "## 2. Negative transfer", "## 3. Routing sanity",

@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import shlex
+import subprocess
 import time
 from typing import Any, Optional, Sequence
 
@@ -185,7 +186,7 @@ def run_arm(config: ConfigDict, arm: ConfigDict, workdir: str, command: str) -> 
     _write_json(os.path.join(arm_dir, ARM_FILE), {
         "name": arm.name, "study": arm.study, **_definition(arm), "pipeline": config.pipeline,
         "command": command, "equivalent_command": equivalent_command(config, arm, workdir),
-        "machine": machine(), "load_average": {"start": load_before, "end": os.getloadavg()},
+        "machine": machine(), "code": code_version(), "load_average": {"start": load_before, "end": os.getloadavg()},
         "seconds_this_run": time.perf_counter() - start,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return "finished"
@@ -266,6 +267,27 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()]}
+
+
+def code_version() -> dict[str, Any] | None:
+    """The git commit of the sdr_jax checkout that runs the arm, and whether tracked files
+    differ from it; None outside a git checkout (e.g. an installed wheel) or without git."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    git = lambda *args: subprocess.run(  # noqa: E731
+        ["git", "-C", root, *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _commit(record: dict[str, Any] | None) -> str:
+    code = (record or {}).get("code")
+    if not code:
+        return "-"
+    return code["commit"][:10] + (" (modified)" if code["dirty"] else "")
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -570,11 +592,11 @@ def _times(config: ConfigDict, arms: list[dict[str, Any]], workdir: str) -> list
         rows.append([a["arm"].name, a["arm"].study, state,
                      stages or "-", f"{total / 60:.1f}" if seconds else "-",
                      f"{load['start'][0]:.1f} / {load['end'][0]:.1f}" if load else "-",
-                     record["finished_at"] if record else "-"])
+                     record["finished_at"] if record else "-", _commit(record)])
     lines += ["Wall time per arm (pipeline stages in seconds, summed over resumed runs; a shared "
               "stage costs nothing in the arm that links it):", ""]
     lines += _table(["arm", "study", "status", "stages (s)", "total (min)",
-                     "load avg start / end", "finished (UTC)"], rows) + [""]
+                     "load avg start / end", "finished (UTC)", "commit"], rows) + [""]
     lines += ["What makes each arm (`launch/pipeline.py` equivalent):", ""]
     lines += [f"- `{a['arm'].name}`: `{equivalent_command(config, a['arm'], workdir)}`"
               for a in arms] + [""]
