@@ -6,6 +6,7 @@
 #           ~17 MB): the `data` section builds the default mosaic dataset from it there.
 #
 #   SECTIONS="data sdr_step clustering routing long" DEADLINE=580 bash bench/gpu_session.sh
+#   (also: routing_noautotune)
 #
 # Each section runs under a cap (never past DEADLINE seconds from the start) and appends its
 # output to $OUT/log.txt; the `long` section is issue 12's `pipeline_mosaic.py:long` in
@@ -60,6 +61,10 @@ for section in $SECTIONS; do
     clustering) run clustering 100 python3 bench/clustering.py "${CLUSTER[@]}" \
                   --methods=sdr_stream_argmax,sdr_device_argmax,sdr_device_balanced ;;
     routing) run routing 150 python3 bench/routing.py "${ROUTE[@]}" ;;
+    # Is the tree's 25 s GPU compile (2026-11-26) XLA's conv autotuning at the levels' large
+    # vmapped batches (up to 256 nodes x 256 images)? The same run without autotuning:
+    routing_noautotune) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+                          run routing_noautotune 150 python3 bench/routing.py "${ROUTE[@]}" ;;
     # Grain workers give the same batches as none (tests/test_input_pipeline.py); with none the
     # host input limited the GPU to ~20 SimSiam steps/s (2026-11-26).
     long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long \
