@@ -94,9 +94,16 @@ def _run_child(args: argparse.Namespace) -> dict:
         from sdr_jax.jobs.cluster.clustering import ClusterConfig, fit
         cfg = ClusterConfig(epochs=args.epochs, batch_size=args.batch_size,
                             **SDR_VARIANTS[args.child])
+        from jax import monitoring
+        compile_s = [0.0]
+        monitoring.register_event_duration_secs_listener(
+            lambda event, secs, **_: compile_s.__setitem__(0, compile_s[0] + secs)
+            if event == "/jax/core/compile/backend_compile_duration" else None)
+        phases: dict = {}
         start = time.perf_counter()
-        assignments = fit(store, None, g, blocks, cfg)
+        assignments = fit(store, None, g, blocks, cfg, seconds=phases)
         result["seconds"] = time.perf_counter() - start
+        result["phases"] = {**phases, "of which XLA compile": compile_s[0]}
         clusters = assignments.leaves
         if labels is not None:
             result["top_nmi"] = nmi(labels // g**(blocks - 1), assignments.node_ids(1))
@@ -155,6 +162,10 @@ def main() -> None:
         print(f"{r['method']:20s} {r['seconds']:8.1f} {r['peak_rss_mib']:9.0f} "
               f"{r['balance']:8.2f} {r['empty']:6d} {r.get('leaf_nmi', float('nan')):9.3f} "
               f"{r.get('top_nmi', float('nan')):8.3f}")
+    for r in rows:
+        if "phases" in r:
+            print(f"{r['method']}: seconds per phase: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ reduced across them), so the same code clusters on one CPU or on a pod.
 """
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,7 +52,8 @@ Features = np.ndarray | FeatureStore
 def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks: int,
         cfg: ClusterConfig | Mapping[str, Any] | ml_collections.ConfigDict,
         mesh: jax.sharding.Mesh | None = None, *,
-        provenance: Mapping[str, Any] | None = None) -> Assignments:
+        provenance: Mapping[str, Any] | None = None,
+        seconds: dict[str, float] | None = None) -> Assignments:
     """Clusters `features` into the G-ary tree of depth L whose leaves are the SDR paths.
 
     Args:
@@ -61,6 +63,8 @@ def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks:
       cfg: ClusterConfig, or a dict/ConfigDict with its fields.
       mesh: a 1-D device mesh to split batches over; None uses all local devices.
       provenance: recorded in the result (checkpoint, dataset, split, ...).
+      seconds: if given, filled with the wall seconds of each phase (load, init, train, scores,
+        assign), summed over the levels (`bench/clustering.py` prints them).
 
     Raises:
       EmptyClusterError: a tree node gets fewer examples than it has leaves to fill.
@@ -81,19 +85,36 @@ def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks:
     read = features.read if isinstance(features, FeatureStore) else (
         lambda rows: np.asarray(features[rows], np.float32))
 
+    # Wall seconds per phase, summed over the levels, into `seconds` when given.
+    seconds = seconds if seconds is not None else {}
+    seconds.update(dict.fromkeys(("load", "init", "train", "scores", "assign"), 0.0))
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] += now - clock
+        clock = now
+
     # Features that fit live on the devices (one copy each): a level trains in one dispatch.
     resident = num_examples * dim * 4 <= cfg.device_features_mb * 2**20
-    source = (jax.device_put(read(np.arange(num_examples)), NamedSharding(mesh, P()))
+    source = (jax.block_until_ready(jax.device_put(read(np.arange(num_examples)),
+                                                   NamedSharding(mesh, P())))
               if resident else read)
     nodes = np.zeros(num_examples, np.int64)  # Depth-0: everybody is under the root.
     _check_nonempty(nodes, num_groups, 0, num_blocks)
     centroids = []
+    lap("load")
     for level in range(num_blocks):
         rng = np.random.default_rng([cfg.seed, level])
         params = _init_centroids(read, nodes, num_groups, level, rng)
-        params = _train_level(params, source, nodes, cfg, mesh, rng, level)
-        children = _assign(_child_scores(params, source, nodes, cfg, mesh), nodes,
-                           num_groups**level, cfg)
+        lap("init")
+        params = jax.block_until_ready(_train_level(params, source, nodes, cfg, mesh, rng, level))
+        lap("train")
+        scores = _child_scores(params, source, nodes, cfg, mesh)
+        lap("scores")
+        children = _assign(scores, nodes, num_groups**level, cfg)
+        lap("assign")
         nodes = nodes * num_groups + children
         _check_nonempty(nodes, num_groups, level + 1, num_blocks)
         centroids.append(np.asarray(params))
