@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One lent-GPU session's measurements (../shared/docs/DEVICE.md has the recipe), run on the
 # device machine from the repository root with `carry: [".whl", ".data"]`:
-#   .whl/   the wheels the GPU image lacks (DEVICE.md's list, ~11 MB)
+#   .whl/   the wheels the GPU image lacks (~11 MB), for Python 3.12 (DEVICE.md's command):
+#           tensorflow-datasets==4.9.10 array_record==0.8.6 grain==0.2.18 ml-collections==1.1.0
+#           clu==0.0.12 dm-tree immutabledict simple_parsing tensorflow-metadata termcolor toml
+#           docstring-parser googleapis-common-protos portpicker importlib_resources zipp, and
+#           promise (`pip wheel --no-deps promise`). TFDS's builder needs importlib_resources.
 #   .data/  mosaic_export.npz (`python launch/build_data.py --export=.data/mosaic_export.npz`,
 #           ~17 MB): the `data` section builds the default mosaic dataset from it there.
 #
