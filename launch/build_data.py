@@ -120,15 +120,14 @@ def main(argv: list[str]) -> None:
 
 
 def write_export(config_name: str) -> None:
-    import os
-    from sdr_jax.data import datasets, mosaic
+    from sdr_jax.data import datasets, mosaic, mosaic_export
 
     builder = datasets.mosaic_builder(FLAGS.data_dir, config_name)
     kept = mosaic.export(FLAGS.export, builder.builder_config, FLAGS.manual_dir)
-    print(f'{FLAGS.export}: {os.path.getsize(FLAGS.export) / 2**20:.1f} MiB, '
+    print(f'{FLAGS.export}: {pathlib.Path(FLAGS.export).stat().st_size / 2**20:.1f} MiB, '
           + ', '.join(f'{name} {count}' for name, count in kept.items())
-          + f' images; build from it with --manual_dir=<a directory holding it as '
-          f'{mosaic.mosaic_export.FILE_NAME}>')
+          + ' images; build from it with --manual_dir=<a directory holding it as '
+          f'{mosaic_export.FILE_NAME}>')
 
 
 def build_folder() -> None:

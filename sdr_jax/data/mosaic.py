@@ -191,7 +191,7 @@ def read_planned(manual_dir: str | None, config: MosaicConfig
         sizes = {name: domain.num_images for name, domain in exported.items()}
     plans = {domain.name: plan_domain(sizes[domain.name], config, domain.in_pool)
              for domain in DOMAINS}
-    for name, plan in plans.items():
+    for name, plan in plans.items():  # only an export can hold fewer images than planned
         needed = _ranks_used(plan)
         if needed > len(domains[name].images):
             raise sources.DataError(

@@ -186,7 +186,8 @@ def run_arm(config: ConfigDict, arm: ConfigDict, workdir: str, command: str) -> 
     _write_json(os.path.join(arm_dir, ARM_FILE), {
         "name": arm.name, "study": arm.study, **_definition(arm), "pipeline": config.pipeline,
         "command": command, "equivalent_command": equivalent_command(config, arm, workdir),
-        "machine": machine(), "code": code_version(), "load_average": {"start": load_before, "end": os.getloadavg()},
+        "machine": machine(), "code": code_version(),
+        "load_average": {"start": load_before, "end": os.getloadavg()},
         "seconds_this_run": time.perf_counter() - start,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return "finished"
