@@ -74,6 +74,9 @@ for section in $SECTIONS; do
     long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long \
             --config.simsiam.data.num_workers=$WORKERS --config.sdr.data.num_workers=$WORKERS
           cp runs/long/summary.txt runs/long/summary.json runs/long/timings.json "$OUT"/ \
+            2>/dev/null
+          # the run's records (metrics, configs, route, clusters), without weights or features
+          tar czf "$OUT"/long_run.tgz --exclude=checkpoints --exclude=features --exclude=best_subnet -C runs long \
             2>/dev/null ;;
     *) echo "unknown section $section" | tee -a "$LOG" ;;
   esac
