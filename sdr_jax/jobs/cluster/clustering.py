@@ -98,8 +98,8 @@ def fit(features: Features, ids: np.ndarray | None, num_groups: int, num_blocks:
 
     # Features that fit live on the devices (one copy each): a level trains in one dispatch.
     resident = num_examples * dim * 4 <= cfg.device_features_mb * 2**20
-    source = (jax.block_until_ready(jax.device_put(read(np.arange(num_examples)),
-                                                   NamedSharding(mesh, P())))
+    source = (jax.block_until_ready(jax.device_put(
+        _read_all(features, cfg.device_features_mb * 2**20), NamedSharding(mesh, P())))
               if resident else read)
     nodes = np.zeros(num_examples, np.int64)  # Depth-0: everybody is under the root.
     _check_nonempty(nodes, num_groups, 0, num_blocks)
@@ -234,20 +234,36 @@ def _level_on_device(update, mesh: jax.sharding.Mesh, cfg: ClusterConfig):
 
 def _child_scores(params: jax.Array, source, nodes: np.ndarray, cfg: ClusterConfig,
                   mesh: jax.sharding.Mesh) -> np.ndarray:
-    """(n, G): every example's scores against its node's G children, batch by batch."""
+    """(n, G): every example's scores against its node's G children. Resident features: one
+    jitted map over the batches (one dispatch); streamed: batch by batch."""
     axes, num = mesh.axis_names, len(nodes)
     padded = -(-num // cfg.batch_size) * cfg.batch_size
-    rows = np.minimum(np.arange(padded), num - 1)  # padding repeats the last row
+    rows = np.minimum(np.arange(padded), num - 1).astype(np.int32)  # padding repeats the last
+    by_rows = NamedSharding(mesh, P(axes))
+    if isinstance(source, jax.Array):
+        scores = _scores_on_device(mesh, cfg.batch_size // mesh.size)(
+            params, source, jax.device_put(nodes.astype(np.int32), NamedSharding(mesh, P())),
+            jax.device_put(rows, by_rows))
+        return np.asarray(scores)[:num]
     parents = nodes[rows].astype(np.int32)
     score = jax.jit(jax.shard_map(_scores, mesh=mesh, in_specs=(P(), P(axes), P(axes)),
                                   out_specs=P(axes)))
-    by_rows = NamedSharding(mesh, P(axes))
-    chunks = []
-    for r in np.split(rows, padded // cfg.batch_size):
-        feats = source[r] if isinstance(source, jax.Array) else source(r)
-        chunks.append(score(params, jax.device_put(feats, by_rows),
-                            jax.device_put(parents[r], by_rows)))
+    chunks = [score(params, jax.device_put(source(r), by_rows), jax.device_put(parents[r], by_rows))
+              for r in np.split(rows, padded // cfg.batch_size)]
     return np.concatenate([np.asarray(chunk) for chunk in chunks])[:num]
+
+
+def _scores_on_device(mesh: jax.sharding.Mesh, per_device: int):
+    """(centroids, features, nodes, rows) -> (rows, G) scores: each device maps `_scores` over
+    its share of the rows in batches of `per_device`, gathering them from the resident copy."""
+
+    def level(centroids, feats, nodes, rows):
+        scores = jax.lax.map(lambda r: _scores(centroids, feats[r], nodes[r]),
+                             rows.reshape(-1, per_device))
+        return scores.reshape(-1, scores.shape[-1])
+
+    return jax.jit(jax.shard_map(level, mesh=mesh, in_specs=(P(), P(), P(), P(mesh.axis_names)),
+                                 out_specs=P(mesh.axis_names)))
 
 
 def _assign(scores: np.ndarray, nodes: np.ndarray, num_nodes: int,
@@ -255,9 +271,13 @@ def _assign(scores: np.ndarray, nodes: np.ndarray, num_nodes: int,
     """Each example's child: balanced within its node, or its best-scoring one."""
     if cfg.assign == "argmax":
         return np.argmax(scores, axis=-1).astype(np.int64)
-    assign = jax.jit(lambda s, seg: balanced_assignment(s, cfg.assign_iters, segment_ids=seg,
-                                                        num_segments=num_nodes))
-    return np.asarray(assign(scores, jnp.asarray(nodes, jnp.int32))).astype(np.int64)
+    children = _balanced_assignment(scores, cfg.assign_iters,
+                                    segment_ids=jnp.asarray(nodes, jnp.int32),
+                                    num_segments=num_nodes)
+    return np.asarray(children).astype(np.int64)
+
+
+_balanced_assignment = jax.jit(balanced_assignment, static_argnames=("num_iters", "num_segments"))
 
 
 def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.Array:
@@ -268,6 +288,13 @@ def _scores(centroids: jax.Array, feats: jax.Array, parents: jax.Array) -> jax.A
     all_scores = l2_normalize(feats) @ l2_normalize(centroids).reshape(-1, dim).T
     all_scores = all_scores.reshape(-1, num_nodes, num_groups)
     return jnp.take_along_axis(all_scores, parents[:, None, None], axis=1)[:, 0]
+
+
+def _read_all(features: Features, max_bytes: int) -> np.ndarray:
+    """The whole (n, D) float32 matrix, read in one pass (a store: shard by shard)."""
+    if isinstance(features, FeatureStore):
+        return features.load_all(max_bytes)[1]
+    return np.asarray(features, np.float32)
 
 
 def _shard_batch(mesh: jax.sharding.Mesh, feats: np.ndarray, parents: np.ndarray):
