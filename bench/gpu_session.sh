@@ -50,7 +50,7 @@ if [ "$SCALE" = full ]; then
   CLUSTER=(--num_examples=1000000)
   ROUTE=(--width=1 --batch=256)
   LONG=configs/pipeline_mosaic.py:long
-  WORKERS=8
+  WORKERS=14
 else
   SDR_STEP=(--width=0.125 --batch=16 --subnet_batch=8 --rows=4x4-compact --repeats=1)
   CLUSTER=(--num_examples=20000)
@@ -69,15 +69,25 @@ for section in $SECTIONS; do
     # vmapped batches (up to 256 nodes x 256 images)? The same run without autotuning:
     routing_noautotune) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
                           run routing_noautotune 150 python3 bench/routing.py "${ROUTE[@]}" ;;
-    # Grain workers give the same batches as none (tests/test_input_pipeline.py); with none the
-    # host input limited the GPU to ~20 SimSiam steps/s (2026-11-26).
+    # Grain workers give the same batches as none (tests/test_input_pipeline.py). Measured on
+    # the H200 (2026-11-26): with no worker the host input held SimSiam to ~20 steps/s, with 8
+    # to ~80 (16000 steps in 246 s); the SDR step (192 images) ran at 25-34 steps/s, also
+    # input-bound, and compact sub-nets recompiled at each progressive stage (~65 s each).
+    # Hence 14 workers and masked sub-nets here (one compile; the same results, test_compact).
     long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long \
-            --config.simsiam.data.num_workers=$WORKERS --config.sdr.data.num_workers=$WORKERS
+            --config.simsiam.data.num_workers=$WORKERS --config.sdr.data.num_workers=$WORKERS \
+            --config.sdr.sdr.subnet_exec=masked
           cp runs/long/summary.txt runs/long/summary.json runs/long/timings.json "$OUT"/ \
             2>/dev/null
-          # the run's records (metrics, configs, route, clusters), without weights or features
-          tar czf "$OUT"/long_run.tgz --exclude=checkpoints --exclude=features --exclude=best_subnet -C runs long \
-            2>/dev/null ;;
+          # The run's records (metrics, configs, route, clusters) and each stage's newest
+          # checkpoint, so that an unfinished run can be evaluated or resumed elsewhere.
+          latest=$(for stage in simsiam sdr; do
+                     ls -d runs/long/$stage/checkpoints/[0-9]* 2>/dev/null | sort -V | tail -1
+                   done | sed 's|^runs/||')
+          tar cf /tmp/long_run.tar --exclude=features --exclude=best_subnet \
+            --exclude='checkpoints/[0-9]*' -C runs long \
+            && tar rf /tmp/long_run.tar -C runs $latest && gzip -c /tmp/long_run.tar \
+            >"$OUT"/long_run.tgz ;;
     *) echo "unknown section $section" | tee -a "$LOG" ;;
   esac
 done
