@@ -36,19 +36,22 @@ def check(kind: str) -> None:
         raise ConfigError(f"sdr.kd={kind!r}; choose one of {sorted(KD_LOSSES)}.")
 
 
-def distill_loss(kind: str, model, params, batch_stats, student: tuple[dict, dict],
-                 views: tuple[jax.Array, jax.Array], teacher_path: jax.Array) -> jax.Array:
-    """The mean over both views of KD(student's `kd` output -> the teacher's z).
+def distill_losses(kind: str, model, params, batch_stats, kd_predictions: jax.Array,
+                   views: jax.Array, teacher_path: jax.Array) -> jax.Array:
+    """(n,) KD(student's `kd` prediction -> the teacher's z), one per batch of n batches.
 
-    The teacher is `model` on `teacher_path` (the SDRnet: all groups) with the stop-gradient
-    `params`, in train mode on the same images (its BN uses this batch; its statistics are not
-    updated).
+    `kd_predictions`: (n, b, d), the students' `kd` outputs on `views` (n, b, H, W, C). The
+    teacher is `model` on `teacher_path` (the SDRnet: all groups) with the stop-gradient
+    `params`, in train mode on the same images: each batch's BN uses that batch's statistics
+    (they are not kept). The n teacher passes are one vmapped pass: one trace, and convolutions
+    over n*b images instead of n over b.
     """
     kd_fn = KD_LOSSES[kind]
-    teacher_params = jax.lax.stop_gradient(params)
-    terms = []
-    for out, view in zip(student, views):
-        teacher, _ = model.apply({"params": teacher_params, "batch_stats": batch_stats}, view,
-                                 teacher_path, train=True, mutable=["batch_stats"])
-        terms.append(kd_fn(out["kd"], teacher["z"]))
-    return 0.5 * (terms[0] + terms[1])
+    variables = {"params": jax.lax.stop_gradient(params), "batch_stats": batch_stats}
+
+    def teacher_z(view):
+        outputs, _ = model.apply(variables, view, teacher_path, train=True,
+                                 mutable=["batch_stats"])
+        return outputs["z"]
+
+    return jax.vmap(kd_fn)(kd_predictions, jax.vmap(teacher_z)(views))

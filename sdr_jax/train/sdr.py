@@ -89,16 +89,21 @@ def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, stat
         # them, whatever the layout).
         loss, _, _, outs = method.forward(student, params, state.batch_stats,
                                           state.method_state, view1, view2, path)
-        loss_kd = distill.distill_loss(kd, subnet_model, params, state.batch_stats, outs,
-                                       (view1, view2), full_path)
-        return loss, loss_kd, methods.collapse_std(outs[0]["z"])
+        return loss, jnp.stack([outs[0]["kd"], outs[1]["kd"]]), methods.collapse_std(outs[0]["z"])
 
     # A Python loop over this device's paths (a static count: one on an 8-accelerator host).
     # `lax.scan` here, even with unroll=True, made the step 6x slower on XLA:CPU
     # (bench/sdr_step.py); compile time grows with the number of paths per device.
+    num_paths = batch["paths"].shape[0]
     per_path = [one_path(batch["paths"][i], batch["sub_view1"][i], batch["sub_view2"][i])
-                for i in range(batch["paths"].shape[0])]
-    loss_sub, loss_kd, stds = (jnp.stack(terms) for terms in zip(*per_path))
+                for i in range(num_paths)]
+    loss_sub, kd_predictions, stds = (jnp.stack(terms) for terms in zip(*per_path))
+    # The SiamKD teacher (the SDRnet) on every path's two views: one vmapped pass.
+    views = jnp.stack([batch["sub_view1"], batch["sub_view2"]], axis=1)  # (paths, 2, b, ...)
+    loss_kd = distill.distill_losses(
+        kd, subnet_model, params, state.batch_stats,
+        kd_predictions.reshape(-1, *kd_predictions.shape[2:]),
+        views.reshape(-1, *views.shape[2:]), full_path).reshape(num_paths, 2).mean(axis=1)
     values.update(loss_subnet=loss_sub.mean(), loss_kd=loss_kd.mean(),
                   collapse_std_subnet=stds.mean(),
                   collapse_std_subnet_min=jax.lax.pmin(jax.lax.stop_gradient(stds).min(),
