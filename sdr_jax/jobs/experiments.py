@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 from ml_collections import ConfigDict
 
 from sdr_jax.config_base import load_config_file
+from sdr_jax.core import io
 from sdr_jax.core.errors import NonFiniteLossError, SDRError
 from sdr_jax.eval import protocol
 
@@ -163,7 +164,7 @@ def run(config: ConfigDict, workdir: str, *, arms: Optional[Sequence[str]] = Non
 def run_arm(config: ConfigDict, arm: ConfigDict, workdir: str, command: str) -> str:
     from sdr_jax.jobs import pipeline  # the jobs' modules load only when something runs
     arm_dir = os.path.join(workdir, arm.name)
-    record = _read_json(os.path.join(arm_dir, ARM_FILE))
+    record = io.read_json(os.path.join(arm_dir, ARM_FILE))
     if record is not None:
         _check_definition(record, arm, arm_dir)
         print(f"   skipped: finished ({os.path.join(arm_dir, ARM_FILE)})", flush=True)
@@ -232,7 +233,7 @@ def _simsiam_summary(pipeline_config: ConfigDict, arm_dir: str) -> None:
     tasks: dict[str, Any] = {}
     for task in pipeline_config.tasks:
         path = os.path.join(arm_dir, "baseline", f"{task}.json")
-        result = _read_json(path)
+        result = io.read_json(path)
         if result is not None and result.get("protocol") != protocol.describe(route_config):
             raise ExperimentError(f"{path} was made with another evaluation protocol; delete it.")
         if result is None:
@@ -245,7 +246,7 @@ def _simsiam_summary(pipeline_config: ConfigDict, arm_dir: str) -> None:
                        **{key: result["split"][key] for key in ("num_validation", "num_memory",
                                                                 "num_test")}}
     timings_path = os.path.join(arm_dir, TIMINGS_FILE)
-    seconds = _read_json(timings_path) or {}
+    seconds = io.read_json(timings_path) or {}
     seconds["baseline"] = seconds.get("baseline", 0.0) + time.perf_counter() - start
     _write_json(timings_path, seconds)
     mean = {kind: {"simsiam": protocol.mean_cell([row[kind]["simsiam"]
@@ -305,12 +306,12 @@ def load_arms(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
     arms = []
     for arm in config.arms:
         arm_dir = os.path.join(workdir, arm.name)
-        record = _read_json(os.path.join(arm_dir, ARM_FILE))
+        record = io.read_json(os.path.join(arm_dir, ARM_FILE))
         arms.append({"arm": arm, "dir": arm_dir, "record": record,
-                     "failed": _read_json(os.path.join(arm_dir, FAILED_FILE)),
-                     "summary": _read_json(os.path.join(arm_dir, SUMMARY_FILE)) if record else None,
-                     "timings": _read_json(os.path.join(arm_dir, TIMINGS_FILE)) or {},
-                     "cluster": _read_json(os.path.join(arm_dir, "cluster", "summary.json"))})
+                     "failed": io.read_json(os.path.join(arm_dir, FAILED_FILE)),
+                     "summary": io.read_json(os.path.join(arm_dir, SUMMARY_FILE)) if record else None,
+                     "timings": io.read_json(os.path.join(arm_dir, TIMINGS_FILE)) or {},
+                     "cluster": io.read_json(os.path.join(arm_dir, "cluster", "summary.json"))})
     return arms
 
 
@@ -322,10 +323,7 @@ def write_report(config: ConfigDict, workdir: str, path: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     plots = _plots(arms, out_dir) if config.plots else {}
     text = "\n".join(format_report(config, workdir, arms, plots)) + "\n"
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    io.write_text(path, text)
     print(f"==== report: {path}", flush=True)
     return text
 
@@ -659,16 +657,6 @@ def _save(fig, ax, out_dir: str, name: str) -> str:
 
 # -- files -------------------------------------------------------------------------------------
 
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _write_json(path: str, data: Any) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    io.write_json(path, data)
