@@ -59,3 +59,31 @@ def test_l2_distillation_is_the_elementwise_mean_squared_error_to_a_fixed_teache
     grad_p, grad_z = jax.grad(l2_distill_loss, argnums=(0, 1))(jnp.asarray(p), jnp.asarray(z))
     np.testing.assert_allclose(grad_p, 2 * (p - z) / p.size, rtol=1e-5)
     assert not np.any(np.asarray(grad_z))
+
+
+@pytest.mark.parametrize("kind", ["siamkd", "l2"])
+def test_distillation_teacher_normalises_each_batch_with_its_own_statistics(kind):
+    """The n teacher passes run as one vmapped pass; each must equal a separate train-mode pass
+    on its own batch (BN over that batch only), not a pass over all n batches together."""
+    from models_testlib import images, random_variables, tiny_config
+
+    from sdr_jax import models
+    from sdr_jax.methods.distill import KD_LOSSES, distill_losses
+
+    config = tiny_config(kd_head=True)
+    model = models.build_model(config)
+    path = jnp.asarray(models.path_spec(config).full_path())
+    views = jnp.stack([images(4, seed=s) for s in range(3)])  # (3 batches, 4 images, ...)
+    variables = random_variables(model, views[0], path)
+
+    def teacher_z(v):
+        return model.apply(variables, v, path, train=True, mutable=["batch_stats"])[0]["z"]
+
+    z = [teacher_z(v) for v in views]
+    predictions = jnp.asarray(np.random.default_rng(0).normal(size=(3, *z[0].shape)), jnp.float32)
+    got = distill_losses(kind, model, variables["params"], variables["batch_stats"], predictions,
+                         views, path)
+    want = [KD_LOSSES[kind](predictions[i], z[i]) for i in range(3)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    pooled = teacher_z(views.reshape(-1, *views.shape[2:])).reshape(3, 4, -1)
+    assert not np.allclose(pooled, jnp.stack(z), atol=1e-3)  # the per-batch BN is what differs
