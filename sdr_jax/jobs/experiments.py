@@ -307,9 +307,10 @@ def load_arms(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
     for arm in config.arms:
         arm_dir = os.path.join(workdir, arm.name)
         record = io.read_json(os.path.join(arm_dir, ARM_FILE))
+        summary = io.read_json(os.path.join(arm_dir, SUMMARY_FILE)) if record else None
         arms.append({"arm": arm, "dir": arm_dir, "record": record,
                      "failed": io.read_json(os.path.join(arm_dir, FAILED_FILE)),
-                     "summary": io.read_json(os.path.join(arm_dir, SUMMARY_FILE)) if record else None,
+                     "summary": summary,
                      "timings": io.read_json(os.path.join(arm_dir, TIMINGS_FILE)) or {},
                      "cluster": io.read_json(os.path.join(arm_dir, "cluster", "summary.json"))})
     return arms
