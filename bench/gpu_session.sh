@@ -83,11 +83,10 @@ for section in $SECTIONS; do
     # Grain workers give the same batches as none (tests/test_input_pipeline.py). Measured on
     # the H200 (2026-11-26): with no worker the host input held SimSiam to ~20 steps/s, with 8
     # to ~80 (16000 steps in 246 s); the SDR step (192 images) ran at 25-34 steps/s, also
-    # input-bound, and compact sub-nets recompiled at each progressive stage (~65 s each).
-    # Hence 14 workers and masked sub-nets here (one compile; the same results, test_compact).
+    # input-bound, and compact sub-nets recompiled at each progressive stage (~65 s each; the
+    # pipeline config now runs them masked: one compile). Hence 14 workers here.
     long) run long 100000 python3 launch/pipeline.py --config=$LONG --workdir=runs/long \
-            --config.simsiam.data.num_workers=$WORKERS --config.sdr.data.num_workers=$WORKERS \
-            --config.sdr.sdr.subnet_exec=masked
+            --config.simsiam.data.num_workers=$WORKERS --config.sdr.data.num_workers=$WORKERS
           cp runs/long/summary.txt runs/long/summary.json runs/long/timings.json "$OUT"/ \
             2>/dev/null
           # The run's records (metrics, configs, route, clusters) and each stage's newest
