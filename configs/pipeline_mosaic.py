@@ -10,8 +10,8 @@ together (cluster.pretrain_workdir, sdr.sdr.assignments, sdr.sdr.init_from), so 
 empty. `data_dir`, when set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
 (ResNet-18 x0.25, 16x16): the SimSiam run is the baseline of the summary table.
 
-Default sizes (15 minutes measured on 2 CPU cores, README): SimSiam 1600 steps of 64 images at
-16x16 (~2.5 epochs of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 300 steps
+Default sizes (17 min 42 s measured on 2 quiet CPU cores, README): SimSiam 3200 steps of 64 images
+at 16x16 (~5 epochs of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 300 steps
 of 64 images for the SDRnet + 4 paths x 32 for the sub-nets, starting from the SimSiam weights
 (`sdr_from_simsiam`: stage 0 gets no steps, stages 1-4 a quarter each, at a quarter of the
 recipe's lr, sub-nets masked: one compile; with `--config.sdr_from_simsiam=False` also pass
@@ -64,7 +64,9 @@ def get_config(arg: str | None = None):
         for stage in (config.simsiam, config.sdr):
             stage.train.knn_every = 0
             stage.train.checkpoint_every = 200
-        config.simsiam.train.num_steps = 1600  # 64 images a step: ~2.5 epochs of the pool
+        # 64 images a step: ~5 epochs of the pool. Chosen on held-out train queries over two
+        # seeds (docs/LEARNING.md): 3200 steps gave +1.8 / +1.6 mean kNN over 1600.
+        config.simsiam.train.num_steps = 3200
         config.sdr.train.num_steps = 300       # 64 D0 images + 4 paths x 32 a step
         config.route.max_train = 1250    # 250 routing-validation + 1000 memory images
         config.route.max_test = 0        # every test image (up to 1000 per task): less noise

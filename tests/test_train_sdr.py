@@ -196,7 +196,10 @@ def test_compiles_at_most_once_per_step_function(small_mosaic_dir, assignments_f
     step_fn = trainer.make_step_fn()
     for _ in range(1, 11):  # all five stages, 1..16 paths in the space
         state, _ = step_fn(state, next(data))
-    assert {k: f._cache_size() for k, f in trainer.step_functions.items()} == {False: 1, True: 1}
+    steps = trainer.step_functions
+    assert sorted(steps) == [0, 1, 2, 3, 4]
+    assert len({id(f) for f in steps.values()}) == 2  # stage 0, and one for stages 1-4
+    assert {k: f._cache_size() for k, f in steps.items()} == {k: 1 for k in range(5)}
 
 
 @pytest.mark.slow

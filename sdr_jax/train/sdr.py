@@ -236,17 +236,18 @@ class SDRTrainer(trainer_lib.Trainer):
             self.method, self.sdrnet_model, self.subnet_model, self.tx, self.mesh,
             self.full_path, kd=cfg.kd, kd_weight=cfg.kd_weight, with_subnets=with_subnets,
             aug_cfg=self.config.data.aug, seed=self.config.seed, compact_stage=stage)
-        if cfg.subnet_exec == "compact":  # by progressive stage: the shapes depend on it
-            steps = {0: make(False)}
-            steps.update({s: make(True, s) for s in range(1, self.spec.max_stage + 1)})
-            key = lambda batch: self.spec.stage_of(batch["paths"][0]) if "paths" in batch else 0  # noqa: E731
-        else:  # by stage 0 / later stages
-            steps = {False: make(False), True: make(True)}
-            key = lambda batch: "paths" in batch  # noqa: E731
+        # One step function per progressive stage: stage 0 trains the SDRnet alone; compact
+        # sub-nets change shapes with the stage, masked ones share one function for all stages.
+        compact = cfg.subnet_exec == "compact"
+        masked = None if compact else make(True)
+        steps = {0: make(False)}
+        steps.update({s: make(True, s) if compact else masked
+                      for s in range(1, self.spec.max_stage + 1)})
         self.step_functions = steps  # tests count their compiles
 
         def step_fn(state, batch):
-            return steps[key(batch)](state, mesh_lib.shard_batch(batch, self.mesh))
+            stage = self.spec.stage_of(batch["paths"][0]) if "paths" in batch else 0
+            return steps[stage](state, mesh_lib.shard_batch(batch, self.mesh))
         return step_fn
 
     def log_extras(self, step: int) -> dict[str, float]:
