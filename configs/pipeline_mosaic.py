@@ -64,8 +64,8 @@ def get_config(arg: str | None = None):
         for stage in (config.simsiam, config.sdr):
             stage.train.knn_every = 0
             stage.train.checkpoint_every = 200
-        # 64 images a step: ~5 epochs of the pool. Chosen on held-out train queries over two
-        # seeds (docs/LEARNING.md): 3200 steps gave +1.8 / +1.6 mean kNN over 1600.
+        # 64 images a step: ~5 epochs of the pool. Chosen on held-out train queries over three
+        # seeds (docs/LEARNING.md): 3200 steps gave +1.8 / +1.6 / +1.8 mean kNN over 1600.
         config.simsiam.train.num_steps = 3200
         config.sdr.train.num_steps = 300       # 64 D0 images + 4 paths x 32 a step
         config.route.max_train = 1250    # 250 routing-validation + 1000 memory images
