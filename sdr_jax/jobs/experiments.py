@@ -246,7 +246,7 @@ def _simsiam_summary(pipeline_config: ConfigDict, arm_dir: str) -> None:
                        **{key: result["split"][key] for key in ("num_validation", "num_memory",
                                                                 "num_test")}}
     timings_path = os.path.join(arm_dir, TIMINGS_FILE)
-    seconds = io.read_json(timings_path) or {}
+    seconds = io.read_json(timings_path, {})
     seconds["baseline"] = seconds.get("baseline", 0.0) + time.perf_counter() - start
     _write_json(timings_path, seconds)
     mean = {kind: {"simsiam": protocol.mean_cell([row[kind]["simsiam"]
@@ -311,7 +311,7 @@ def load_arms(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
         arms.append({"arm": arm, "dir": arm_dir, "record": record,
                      "failed": io.read_json(os.path.join(arm_dir, FAILED_FILE)),
                      "summary": summary,
-                     "timings": io.read_json(os.path.join(arm_dir, TIMINGS_FILE)) or {},
+                     "timings": io.read_json(os.path.join(arm_dir, TIMINGS_FILE), {}),
                      "cluster": io.read_json(os.path.join(arm_dir, "cluster", "summary.json"))})
     return arms
 
