@@ -13,6 +13,7 @@ from sdr_jax.core import paths
 from sdr_jax.jobs import route
 from sdr_jax.methods.simsiam import simsiam_loss
 from sdr_jax.models import backbones, build_model, export, model_config, path_spec
+from sdr_jax.models.backbones import base
 
 
 def vgg_config(num_groups=2):
@@ -159,3 +160,28 @@ def test_registry_and_interface():
     # The network's dtype and BN settings are its backbone's, through clones too.
     probe = export.stats_probe(build_model(vgg_config(), bn_axis_name="batch"))
     assert (probe.backbone.bn_momentum, probe.backbone.bn_axis_name) == (0.0, None)
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(2, 3, 1), (4, 3, 2), (4, 1, 2), (3, 7, 2), (5, 3, 1)])
+def test_conv_on_small_maps_is_a_patch_matmul_on_cpu(size, kernel, stride):
+    """`conv`'s CPU patches (inputs of <= CPU_PATCHES_MAX_PIXELS pixels) equal XLA's convolution
+    in values and both gradients; the compiled CPU program has a convolution only for larger maps."""
+    rng = np.random.default_rng(size * kernel + stride)
+    x = jnp.asarray(rng.standard_normal((3, size, size, 5), np.float32))
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 7), np.float32))
+    pad = [(kernel // 2, kernel // 2)] * 2
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, base.NHWC)
+
+    def ours(x, w):
+        return base._conv(x, w, (stride, stride), pad, (1, 1), (1, 1), numbers)
+
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=numbers)
+
+    probe = jnp.asarray(rng.standard_normal(xla(x, w).shape, np.float32))
+    for fn in (lambda f: f, lambda f: jax.grad(lambda x, w: jnp.sum(probe * f(x, w)), (0, 1))):
+        for got, want in zip(jax.tree.leaves(jax.jit(fn(ours))(x, w)),
+                             jax.tree.leaves(jax.jit(fn(xla))(x, w))):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    compiled = jax.jit(ours).lower(x, w).compile().as_text()
+    assert ("convolution(" in compiled) == (size * size > base.CPU_PATCHES_MAX_PIXELS)
