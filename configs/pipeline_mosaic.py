@@ -10,7 +10,7 @@ together (cluster.pretrain_workdir, sdr.sdr.assignments, sdr.sdr.init_from), so 
 empty. `data_dir`, when set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
 (ResNet-18 x0.25, 16x16): the SimSiam run is the baseline of the summary table.
 
-Default sizes (17 min 42 s measured on 2 quiet CPU cores, README): SimSiam 3200 steps of 64 images
+Default sizes (13 min 53 s measured on 2 quiet CPU cores, README): SimSiam 3200 steps of 64 images
 at 16x16 (~5 epochs of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 300 steps
 of 64 images for the SDRnet + 4 paths x 32 for the sub-nets, starting from the SimSiam weights
 (`sdr_from_simsiam`: stage 0 gets no steps, stages 1-4 a quarter each, at a quarter of the
