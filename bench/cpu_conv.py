@@ -9,8 +9,8 @@ in one run:
     and of the patches, and which one the default threshold picks;
   * the SimSiam train step (`bench/train_step.py`'s, with the device augmentations) built with
     the patches off (`base.CPU_PATCHES_MAX_PIXELS = 0`: XLA's convolutions everywhere) and on,
-    in alternating rounds. The per-layer sums do not predict the step: in the step, fusions and
-    layouts differ (e.g. at 32x32 the patches' layer sum is lower, the step is level).
+    in alternating rounds. The per-layer figures are noisy and do not predict the step (fusions
+    and layouts differ there): choose thresholds on the step.
 
   python bench/cpu_conv.py                       # the demo's step: 16x16, batch 64
   python bench/cpu_conv.py --image_size=32 --batch=128
@@ -76,7 +76,7 @@ def main():
         pad = ((k // 2, k // 2),) * 2
         xla = fwd_bwd_ms(lambda x, w: jax.lax.conv_general_dilated(
             x, w, (s, s), pad, dimension_numbers=base.NHWC), x, w, args.repeats)
-        patches = fwd_bwd_ms(lambda x, w: base._patches_conv(
+        patches = fwd_bwd_ms(lambda x, w: base.patches_conv(
             x, w, window_strides=(s, s), padding=pad, precision=None,
             preferred_element_type=None), x, w, args.repeats)
         picked = "patches" if base.cpu_patches_pay(x.shape) else "xla"

@@ -230,7 +230,7 @@ def _conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=Non
                 and feature_group_count == batch_group_count == 1)
     if not (standard and cpu_patches_pay(lhs.shape)):
         return xla(lhs, rhs)
-    patches = functools.partial(_patches_conv, window_strides=window_strides, padding=padding,
+    patches = functools.partial(patches_conv, window_strides=window_strides, padding=padding,
                                 **kwargs)
     return jax.lax.platform_dependent(lhs, rhs, cpu=patches, default=xla)
 
@@ -240,7 +240,7 @@ def cpu_patches_pay(lhs_shape: Sequence[int]) -> bool:
     return lhs_shape[1] * lhs_shape[2] <= CPU_PATCHES_MAX_PIXELS
 
 
-def _patches_conv(lhs, rhs, *, window_strides, padding, precision, preferred_element_type):
+def patches_conv(lhs, rhs, *, window_strides, padding, precision, preferred_element_type):
     """NHWC x HWIO convolution as one matmul: the kernel's taps are strided slices of the padded
     input, concatenated on the channel axis (tap-major, as `rhs.reshape(-1, cout)` orders them)."""
     kh, kw, cin, cout = rhs.shape
