@@ -29,7 +29,7 @@ from train_step import step_images_per_s
 
 def conv_layers(image_size: int, width: float) -> list[tuple[int, int, int, int, int]]:
     """Distinct (H, C_in, C_out, kernel, stride) of ResNet-18's convs, 'small' stem."""
-    widths = [base.base_width(width) * 2**s for s in range(4)]
+    widths = base.stage_filters((2, 2, 2, 2), width)
     layers, size, cin = [(image_size, 3, widths[0], 3, 1)], image_size, widths[0]
     for s, w in enumerate(widths):
         stride = 1 if s == 0 else 2
