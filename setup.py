@@ -28,7 +28,7 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.0.3", "scikit-learn==1.9.1",
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "scikit-learn==1.9.1",
                  # tests/test_notebooks.py executes notebooks/ in a kernel
                  "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
         "bench": ["scikit-learn==1.9.1"],

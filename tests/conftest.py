@@ -1,8 +1,13 @@
 """Test set-up: 8 fake CPU devices, so distributed code is tested against one device."""
 import os
 
-# Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must happen before JAX initialises its backends. The suite's cost is XLA:CPU compiling many
+# tiny programs, not running them: LLVM at -O0 compiles them ~1.5x faster. Same computation up
+# to float32 rounding (a tiny SDRnet's gradients: 3e-6 relative vs the default -O2); a test that
+# compares bits compares two runs under the same flags. Tests' subprocesses get these flags too
+# (`fixtures.xla_flags`).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # XLA's persistent compilation cache: the many tiny models of the suite (and the launch scripts

@@ -16,6 +16,14 @@ from sdr_jax.data import sources
 MNIST_DUPLICATES_PER_CLASS = 1
 
 
+def xla_flags(devices: int) -> str:
+    """The suite's XLA flags (tests/conftest.py) with another number of fake CPU devices, for a
+    test's subprocess."""
+    kept = [flag for flag in os.environ.get('XLA_FLAGS', '').split()
+            if not flag.startswith('--xla_force_host_platform_device_count')]
+    return ' '.join([*kept, f'--xla_force_host_platform_device_count={devices}'])
+
+
 def make_source_tree(root: str | os.PathLike, n_per_class: int = 4, seed: int = 0,
                      ) -> dict[str, int]:
     """Writes every source under root; returns the number of distinct images per domain."""

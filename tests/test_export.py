@@ -12,6 +12,7 @@ from models_testlib import images, random_variables, tiny_config
 from sdr_jax.core import paths
 from sdr_jax.models import build_model, model_config, path_spec, sdr_layout
 from sdr_jax.models.export import export_subnet, recalibrate_bn
+from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -119,7 +120,7 @@ def test_recalibration_pools_batches_exactly():
 
 @pytest.mark.slow
 def test_inspect_cli_runs_on_the_tiny_config():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fixtures.xla_flags(1))
     out = subprocess.run([sys.executable, "launch/describe.py", "--config=configs/sdr256.py:tiny"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

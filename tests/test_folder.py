@@ -182,7 +182,7 @@ def test_rebuild_needs_overwrite_and_a_failed_one_keeps_the_old(tmp_path, monkey
 
 def _run(script, *args):
     env = {**os.environ, 'PYTHONPATH': str(REPO),
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+           'XLA_FLAGS': fixtures.xla_flags(2)}
     return subprocess.run([sys.executable, str(REPO / 'launch' / script), *args],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 

@@ -16,6 +16,7 @@ from sdr_jax.jobs import route
 from sdr_jax.data import datasets, tasks
 from sdr_jax.models import build_model, export, path_spec, sdr_layout
 from sdr_jax.models.backbones.base import stage_filters
+from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -132,7 +133,7 @@ def test_unknown_and_unprepared_tasks(tmp_path):
 
 
 def _run(script, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": fixtures.xla_flags(2)}
     return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 

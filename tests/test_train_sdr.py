@@ -18,6 +18,7 @@ from sdr_jax.core.progressive import ProgressiveSchedule
 from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, reporting, sdr
 from sdr_jax.train.state import create_train_state
+from tests import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = PathSpec(num_blocks=4, num_groups=2)
@@ -163,9 +164,11 @@ def losses(workdir):
 @pytest.mark.slow
 def test_run_compiles_once_per_stage_kind_and_resumes_mid_stage(small_mosaic_dir,
                                                                  assignments_file, tmp_path):
+    # Masked sub-nets: two step functions for the five stages, so the three runs compile little
+    # (the compact step's one compile per stage is tests/test_compact.py's).
     straight = str(tmp_path / "straight")
     config = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
-                         train__log_every=1, eval__knn_tasks=())
+                         train__log_every=1, eval__knn_tasks=(), sdr__subnet_exec="masked")
     trainer = sdr.SDRTrainer(config, straight)
     assert trainer.schedule.stage_at(7) == trainer.schedule.stage_at(8) == 3
     result = sdr.train_and_evaluate(config, straight)
@@ -176,7 +179,8 @@ def test_run_compiles_once_per_stage_kind_and_resumes_mid_stage(small_mosaic_dir
 
     resumed = str(tmp_path / "resumed")
     stopped = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
-                          train__log_every=1, eval__knn_tasks=(), train__max_steps_per_run=7)
+                          train__log_every=1, eval__knn_tasks=(), sdr__subnet_exec="masked",
+                          train__max_steps_per_run=7)
     assert not sdr.train_and_evaluate(stopped, resumed)["finished"]  # stops inside stage 3
     sdr.train_and_evaluate(config, resumed)
     got, want = losses(resumed), losses(straight)
@@ -276,7 +280,7 @@ def test_two_processes_with_jax_distributed_equal_one_process_with_two_devices(
 
     def start(workdir, devices, *extra):
         env = dict(os.environ, PYTHONPATH=REPO,
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                   XLA_FLAGS=fixtures.xla_flags(devices))
         return subprocess.Popen([sys.executable, os.path.join(REPO, "launch/train.py"), *args,
                                  f"--workdir={workdir}", *extra], env=env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

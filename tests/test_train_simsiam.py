@@ -14,6 +14,7 @@ from sdr_jax import methods, models
 from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.train import optim, pretrain, reporting
 from sdr_jax.train.state import create_train_state
+from tests import fixtures
 from models_testlib import pretrain_step_on
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +128,7 @@ def test_cli_tiny_end_to_end_then_refuses_another_model(small_mosaic_dir, tmp_pa
     load = ("from sdr_jax.train.checkpoint import load_run; import jax; "
             f"c, v, s = load_run({workdir!r}); "
             "print(s, len(jax.devices()), jax.tree.leaves(v['params'])[0].ndim > 0)")
-    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=fixtures.xla_flags(1))
     out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
