@@ -20,9 +20,10 @@ of the 16 paths on the 6 tasks, each path selected on 250 held-out train images 
 memory images and scored on all the task's test images (up to 1000; BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
 whole chain in about a minute on `mosaic/small` (two tasks). `:long` (issue 12's "<= 3 hours on
-2 CPU cores"): SimSiam 16000 steps (~25 epochs; 77 min measured by bench/learn_probe.py on 2
-shared cores, 246 s on an H200 with 8 grain workers), SDR 3000 steps (~40 min estimated; on the
-H200 input-bound at 25-34 steps/s), the same routing (~3 min). Not yet run to the end anywhere.
+2 CPU cores"): SimSiam 16000 steps (~25 epochs; ~37 min on 2 quiet CPU cores, 246 s on an H200
+with 8 grain workers), SDR 3000 steps (1367 s on 2 CPU cores; on the H200 input-bound at 25-34
+steps/s), the same routing (112 s). Run to the end on 2 CPU cores on 2026-11-27: about 62 min of
+quiet-machine time, SimSiam kNN 68.8 vs pixels 71.8 (README, "The `:long` size").
 """
 import ml_collections
 
