@@ -162,10 +162,10 @@ def losses(workdir):
 
 
 @pytest.mark.slow
-def test_run_compiles_once_per_stage_kind_and_resumes_mid_stage(small_mosaic_dir,
-                                                                 assignments_file, tmp_path):
+def test_run_goes_through_every_stage_and_resumes_mid_stage(small_mosaic_dir, assignments_file,
+                                                            tmp_path):
     # Masked sub-nets: two step functions for the five stages, so the three runs compile little
-    # (the compact step's one compile per stage is tests/test_compact.py's).
+    # (compile counts: test_compiles_at_most_once_per_step_function, tests/test_compact.py).
     straight = str(tmp_path / "straight")
     config = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
                          train__log_every=1, eval__knn_tasks=(), sdr__subnet_exec="masked")
