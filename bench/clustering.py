@@ -24,9 +24,10 @@ it is for accelerators, where each streamed batch is a host->device copy and a d
 Those figures used 300 price iterations; the default is now 100 (see sinkhorn.py).
 
 Columns: wall time from the feature store on disk to the assignments (ours incl. JIT compile;
-k-means incl. loading the store into memory, which it needs: both read the same bytes), peak RSS of the child (for the streaming
-method this includes the pages of the memory-mapped store it touched), leaf-size balance
-(max/min), NMI of the leaves (and of the top-level split, for the tree) against the labels.
+k-means incl. loading the store into memory, which it needs: both read the same bytes), peak
+RSS of the child (for the streaming method this includes the pages of the memory-mapped store it
+touched), leaf-size balance (max/min), NMI of the leaves (and of the top-level split, for the
+tree) against the labels.
 """
 import argparse
 import json
