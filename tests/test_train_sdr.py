@@ -167,8 +167,9 @@ def test_run_goes_through_every_stage_and_resumes_mid_stage(small_mosaic_dir, as
     # Masked sub-nets: two step functions for the five stages, so the three runs compile little
     # (compile counts: test_compiles_at_most_once_per_step_function, tests/test_compact.py).
     straight = str(tmp_path / "straight")
-    config = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
-                         train__log_every=1, eval__knn_tasks=(), sdr__subnet_exec="masked")
+    fields = dict(train__num_steps=10, train__log_every=1, eval__knn_tasks=(),
+                  sdr__subnet_exec="masked")
+    config = tiny_config(small_mosaic_dir, assignments_file, **fields)
     trainer = sdr.SDRTrainer(config, straight)
     assert trainer.schedule.stage_at(7) == trainer.schedule.stage_at(8) == 3
     result = sdr.train_and_evaluate(config, straight)
@@ -178,9 +179,7 @@ def test_run_goes_through_every_stage_and_resumes_mid_stage(small_mosaic_dir, as
     assert rows[1]["path_space"] == 1 and rows[10]["path_space"] == 16
 
     resumed = str(tmp_path / "resumed")
-    stopped = tiny_config(small_mosaic_dir, assignments_file, train__num_steps=10,
-                          train__log_every=1, eval__knn_tasks=(), sdr__subnet_exec="masked",
-                          train__max_steps_per_run=7)
+    stopped = tiny_config(small_mosaic_dir, assignments_file, **fields, train__max_steps_per_run=7)
     assert not sdr.train_and_evaluate(stopped, resumed)["finished"]  # stops inside stage 3
     sdr.train_and_evaluate(config, resumed)
     got, want = losses(resumed), losses(straight)
