@@ -182,6 +182,7 @@ def test_the_summary_agrees_with_routing_and_the_baseline(stopped_and_resumed):
                                    "oracle"}
         assert all(c["low"] <= c["accuracy"] <= c["high"] for c in row["knn"].values())
         assert row["path"] == ranking["routed"]["path"] and len(row["path"]) == 4
+        assert 1 <= row["paths_within_noise"] == ranking["paths_within_noise"] <= 16
         # The pipeline's run knows its assignments file: the routed leaf's domains.
         assert row["composition"]["available"] and row["composition"]["num_images"] > 0
         assert os.path.isfile(summary["pictures"][f"route/{task}"])
@@ -192,7 +193,7 @@ def test_the_summary_agrees_with_routing_and_the_baseline(stopped_and_resumed):
     text = open(os.path.join(workdir, "summary.txt")).read()
     assert text == pipeline.format_summary(summary) + "\n"
     assert all(task in text for task in config.tasks) and "wall time per stage" in text
-    assert "oracle" in text and "within noise" in text
+    assert "oracle" in text and "within noise" in text and "within its noise" in text
 
 
 @pytest.mark.slow

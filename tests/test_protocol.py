@@ -77,6 +77,37 @@ def test_mean_interval_and_noise_marker():
     assert protocol.versus(mean, protocol.mean_cell([ref, ref])) == "+"
 
 
+def test_within_noise_is_a_paired_test_on_the_same_queries():
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.7
+    close = base.copy()                    # loses 4 of base's right answers, wins 3 back
+    close[np.flatnonzero(base)[:4]] = False
+    close[np.flatnonzero(~base)[:3]] = True
+    correct = np.stack([
+        base,                              # 0: the selected path
+        close,                             # 1: one query behind: a tie
+        base & (np.arange(400) % 3 != 0),  # 2: loses ~1/3 of base's right answers: beaten
+        base.copy(),                       # 3: identical answers: a tie
+    ])
+    tied = protocol.within_noise(correct, 0)
+    assert tied.tolist() == [True, True, False, True]
+    # By hand for path 1: the differences, their mean and its standard error.
+    d = base.astype(float) - correct[1]
+    assert tied[1] == (d.mean() <= 1.96 * d.std(ddof=1) / math.sqrt(400))
+    # A 2-point lead (the paths disagree on 10% of queries, the first wins 60% of those) is
+    # noise on 250 queries and not on 4000.
+    def pair(n):
+        a, b = np.ones(n, bool), np.ones(n, bool)
+        disagree = n // 10
+        b[:disagree * 6 // 10] = False       # a wins these
+        a[disagree * 6 // 10:disagree] = False  # b wins these
+        return np.stack([a, b])
+    short, long = pair(250), pair(4000)
+    assert short.mean(1) @ [1, -1] == pytest.approx(0.02) == long.mean(1) @ [1, -1]
+    assert protocol.within_noise(short, 0).tolist() == [True, True]
+    assert protocol.within_noise(long, 0).tolist() == [True, False]
+
+
 def test_linear_probe_weight_decay_is_the_validation_argmax():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)

@@ -177,6 +177,11 @@ def test_route_and_evaluate_cli_end_to_end(small_mosaic_dir, tmp_path):
     # The oracle = the old behaviour: the best path on the test queries.
     assert ranking["oracle"]["index"] == int(np.argmax(test))
     assert ranking["oracle"]["knn"]["test"]["accuracy"] == max(test)
+    # The routed path is within its own noise; ties are counted and marked in the list.
+    assert ranking["paths"][0]["within_noise"] is True
+    assert ranking["paths_within_noise"] == sum(row["within_noise"] for row in ranking["paths"])
+    assert f"{ranking['paths_within_noise']} of 16 paths within validation noise" in \
+        open(os.path.join(result, "ranking.txt")).read()
     # Validation, memory and test are disjoint by id; validation + memory = the capped train.
     split = ranking["split"]
     val, mem, tst = (set(split[f"{k}_ids"]) for k in ("validation", "memory", "test"))

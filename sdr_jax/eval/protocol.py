@@ -158,22 +158,45 @@ def cell(correct: int, n: int) -> dict[str, Any]:
             "high": high}
 
 
-def knn_cell(memory_x, memory_y, query_x, query_y, *, config: ConfigDict,
-             num_classes: int) -> dict[str, Any]:
+def knn_correct(memory_x, memory_y, query_x, query_y, *, config: ConfigDict,
+                num_classes: int) -> np.ndarray:
+    """(n,) bool: whether kNN over the memory classifies each query right."""
     preds = knn_predict(memory_x, memory_y, query_x, k=config.knn_k,
                         temperature=config.knn_temperature, num_classes=num_classes)
-    return cell(int(np.sum(preds == np.asarray(query_y))), len(query_y))
+    return preds == np.asarray(query_y)
+
+
+def knn_correct_by_split(train_x: np.ndarray, test_x: np.ndarray, data: TaskData,
+                         config: ConfigDict) -> dict[str, np.ndarray]:
+    """{'validation', 'test'}: per query, kNN right or wrong; the memory is the split's memory."""
+    memory, validation = data.split.memory, data.split.validation
+    knn = dict(config=config, num_classes=data.num_classes)
+    mem_x, mem_y = train_x[memory], data.train_labels[memory]
+    return {"validation": knn_correct(mem_x, mem_y, train_x[validation],
+                                      data.train_labels[validation], **knn),
+            "test": knn_correct(mem_x, mem_y, test_x, data.test_labels, **knn)}
 
 
 def knn_scores(train_x: np.ndarray, test_x: np.ndarray, data: TaskData,
                config: ConfigDict) -> dict[str, Any]:
     """{'validation', 'test'} kNN cells; the memory is the split's memory for both."""
-    memory, validation = data.split.memory, data.split.validation
-    knn = dict(config=config, num_classes=data.num_classes)
-    mem_x, mem_y = train_x[memory], data.train_labels[memory]
-    return {"validation": knn_cell(mem_x, mem_y, train_x[validation],
-                                   data.train_labels[validation], **knn),
-            "test": knn_cell(mem_x, mem_y, test_x, data.test_labels, **knn)}
+    return {split: cell(int(right.sum()), len(right))
+            for split, right in knn_correct_by_split(train_x, test_x, data, config).items()}
+
+
+def within_noise(correct: np.ndarray, selected: int, z: float = 1.96) -> np.ndarray:
+    """(P,) bool: the paths whose accuracy the queries cannot tell from path `selected`'s.
+
+    `correct` is (P, n): path p right on query i. A paired test on the same queries: path p
+    is within noise when the selected path's lead, mean(c_sel - c_p), is at most `z` standard
+    errors of that mean (sample std of the per-query differences / sqrt(n)). The selected path
+    is within noise of itself. How many paths tie tells how much the routing split decides.
+    """
+    correct = np.asarray(correct, np.float64)
+    diff = correct[selected][None] - correct                      # (P, n)
+    n = diff.shape[1]
+    se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(diff))
+    return diff.mean(axis=1) <= z * se
 
 
 def linear_scores(train_x: np.ndarray, test_x: np.ndarray, data: TaskData,

@@ -291,6 +291,7 @@ def make_summary(route_config: ConfigDict, dirs: dict[str, str], task_names,
             "path": ranking["routed"]["path"], "path_index": ranking["routed"]["index"],
             "oracle_path": ranking["oracle"]["path"], "oracle_index": ranking["oracle"]["index"],
             "num_paths": ranking["num_paths"], "composition": ranking["composition"],
+            "paths_within_noise": ranking.get("paths_within_noise"),
             **{key: ranking["split"][key] for key in ("num_validation", "num_memory",
                                                       "num_test")}}
         pictures[f"route/{task}"] = os.path.join(dirs["route"], task, "accuracy_hist.png")
@@ -323,13 +324,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["kNN top-1 on the test queries:"] + table("knn", KNN_COLUMNS)
     lines += ["", "linear probe on the test queries (weight decay chosen on validation):"]
     lines += table("linear", LINEAR_COLUMNS)
-    lines += ["", "routed path (chosen on validation) vs oracle (best on test), and what the "
-              "routed leaf trained on:"]
+    lines += ["", "routed path (chosen on validation; the paths within its noise: those the "
+              "validation queries cannot tell from it, paired at 1.96 standard errors) vs oracle "
+              "(best on test), and what the routed leaf trained on:"]
     for name, row in tasks.items():
         path = ",".join(str(x) for x in row["path"])
         oracle = ",".join(str(x) for x in row["oracle_path"])
+        tied = row.get("paths_within_noise")
+        tied = f"; {tied} of {row['num_paths']} within its noise" if tied is not None else ""
         lines.append(f"{name:<{width}}  {path} ({row['path_index']} of {row['num_paths']}, "
-                     f"validation {100 * row['routed_validation']['accuracy']:.2f}%), oracle "
+                     f"validation {100 * row['routed_validation']['accuracy']:.2f}%{tied}), oracle "
                      f"{oracle} ({row['oracle_index']}); "
                      f"{route_lib.format_composition(row['composition'])}")
     sizes = "; ".join(f"{name} {row['num_validation']}/{row['num_memory']}/{row['num_test']}"

@@ -250,12 +250,16 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
             tree, _limited_batches(src, batch_size=bs, image_size=image_size, limit=limit),
             _num_batches(src, bs, limit), f"{spec.num_paths} paths: {name}")
     data.check_same(feats["train_ids"], feats["test_ids"])
-    path_scores = [protocol.knn_scores(feats["train"][i], feats["test"][i], data, config)
-                   for i in range(spec.num_paths)]
+    correct = [protocol.knn_correct_by_split(feats["train"][i], feats["test"][i], data, config)
+               for i in range(spec.num_paths)]
+    path_scores = [{split: protocol.cell(int(right.sum()), len(right))
+                    for split, right in c.items()} for c in correct]
     validation = np.array([s["validation"]["accuracy"] for s in path_scores])
     test = np.array([s["test"]["accuracy"] for s in path_scores])
     selected = protocol.select(validation)   # the routed sub-net: chosen without test labels
     oracle = protocol.select(test)           # best on the test queries: optimistic, reference only
+    # How decisive the selection is: the paths validation cannot tell from the routed one.
+    tied = protocol.within_noise(np.stack([c["validation"] for c in correct]), selected)
     full = spec.full_path()
     columns = {
         "pixels": evaluation.pixels(),
@@ -281,11 +285,13 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
         "task": task_name, "workdir": os.path.abspath(workdir), "step": int(step),
         "protocol": protocol.describe(config), "split": data.audit(config),
         "num_paths": spec.num_paths, **columns,
+        "paths_within_noise": int(tied.sum()),
         # Every full path has the same widths, so one sub-net's cost stands for all of them.
         "subnet_params": sub_params, "subnet_flops": sub_flops,
         "composition": subset_composition(run_config, selected, task_name),
         "paths": [{"rank": r + 1, "index": int(i), "path": all_paths[i].tolist(),
                    "validation": path_scores[i]["validation"]["accuracy"],
+                   "within_noise": bool(tied[i]),
                    "test": path_scores[i]["test"]} for r, i in enumerate(order)],
     }
     meta = {"task": task_name, "path": best.tolist(), "index": selected,
@@ -368,12 +374,22 @@ def format_table(ranking: dict, top: Optional[int] = None) -> str:
               f"{ranking['sdrnet']['flops']:.3g} FLOPs; every sub-net: "
               f"{ranking['subnet_params']} params, {ranking['subnet_flops']:.3g} FLOPs",
               f"  routed {format_composition(ranking['composition'])}",
+              f"  {format_within_noise(ranking)}",
               f"{'rank':>4}  {'path':<20} {'index':>5}  {'val kNN':>7}  {'test kNN':>8}"]
     for row in rows:
         path = ",".join(str(p) for p in row["path"])
+        tie = "  ~" if row.get("within_noise") and row["rank"] > 1 else ""
         lines.append(f"{row['rank']:>4}  {path:<20} {row['index']:>5}  "
-                     f"{row['validation']:>7.4f}  {row['test']['accuracy']:>8.4f}")
+                     f"{row['validation']:>7.4f}  {row['test']['accuracy']:>8.4f}{tie}")
     return "\n".join(lines)
+
+
+def format_within_noise(ranking: dict) -> str:
+    """'k of P paths within validation noise of the routed one' (rankings before it: '')."""
+    if "paths_within_noise" not in ranking:
+        return "paths within validation noise: not recorded"
+    return (f"{ranking['paths_within_noise']} of {ranking['num_paths']} paths within validation "
+            f"noise of the routed one (paired, 1.96 standard errors; ~ in the list)")
 
 
 def _write_outputs(directory: str, ranking: dict, test_accuracies: np.ndarray,
