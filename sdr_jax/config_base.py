@@ -264,6 +264,9 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
     config.sdr.subnet_batch_size = 0       # images per sub-net (0 = batch_size / paths_per_step)
     config.sdr.kd = "siamkd"               # 'siamkd' or 'l2' (the distillation ablation)
     config.sdr.kd_weight = 1.0             # λ
+    config.sdr.freeze_shared = False       # True: the sub-net terms train only the entries some
+                                           # path lacks (its groups; the SiamKD predictor); the
+                                           # shared ones learn from the SDRnet's D0 term alone
     config.sdr.subnet_exec = "compact"     # sub-nets at their own width ('compact', one compile
                                            # per stage) or full width with masks ('masked')
     return config

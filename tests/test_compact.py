@@ -2,7 +2,8 @@
 
 Against the masked SDRnet: the same outputs on the active channels, the same running statistics,
 the same gradients (zero outside the path), the same SDR step (params after one update, CPU
-float32), on one device and on eight; and one compile per progressive stage.
+float32), on one device and on eight; and one compile per progressive stage. Also the gathers'
+other use: the entries every sub-net shares (`export.shared_entries`, `sdr.freeze_shared`).
 """
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from configs import sdr_mosaic
 from sdr_jax import methods, models
 from sdr_jax.core import mesh as mesh_lib
 from sdr_jax.core.paths import ALL, PathSpec
+from sdr_jax.models import export
 from sdr_jax.models.compact import CompactSubnets
 from sdr_jax.train import optim, sdr
 from sdr_jax.train.state import create_train_state
@@ -104,6 +106,50 @@ def test_gradients_land_in_the_full_weights_and_are_zero_outside_the_path():
             off = np.setdiff1d(np.arange(kernel.shape[-1]), cout)
             assert off.size and not kernel[..., off].any(), (s, name)
             assert kernel[..., cout].any()
+
+
+def test_shared_entries_are_what_every_path_uses_and_freezing_stops_only_their_gradient():
+    model = make_model("tiny")
+    variables = random_variables(model)
+    rng = np.random.default_rng(3)
+    x = images(rng, 8)
+    weights = {k: rng.normal(size=(8, 32)) for k in ("p", "kd")}  # a generic linear read-out
+
+    def loss(params, path):
+        out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, path,
+                          True, mutable=["batch_stats"])[0]
+        return sum(jnp.sum(out[k] * w) for k, w in weights.items())
+
+    # Independently of the gathers: from the channels each path uses (`active_channels`).
+    shared = export.shared_entries(model, variables)
+    paths = [np.full(4, g, np.int32) for g in range(2)]
+    common = [[np.intersect1d(a, b) for a, b in zip(*stage)]  # per stage: (inner, outer)
+              for stage in zip(*(model.backbone.active_channels(p) for p in paths))]
+    for s, (inner, outer) in enumerate(common):
+        block = shared["backbone"][f"stages_{s}"]["block_0"]
+        want = np.zeros(block["conv2"]["kernel"].shape[2:], bool)
+        want[np.ix_(inner, outer)] = True
+        np.testing.assert_array_equal(block["conv2"]["kernel"], np.broadcast_to(
+            want, block["conv2"]["kernel"].shape), err_msg=f"stage {s} conv2")
+        np.testing.assert_array_equal(np.flatnonzero(block["bn2"]["scale"]), outer)
+        assert 0 < want.mean() < 1
+    for head in ("predictor", sdr.KD_HEAD):  # the heads past the projector's input: all shared
+        assert all(np.all(leaf) for leaf in jax.tree.leaves(shared[head]))
+
+    # Freezing: zero gradient on the shared entries, the rest untouched; the SiamKD predictor
+    # (used by sub-nets alone) keeps its whole gradient.
+    path = np.array([0, 1, 1, 0], np.int32)
+    free = jax.jit(jax.grad(loss))(variables["params"], path)
+    freeze = lambda p: sdr._freeze_shared(model, p, variables["batch_stats"])  # noqa: E731
+    frozen = jax.jit(jax.grad(lambda p, path: loss(freeze(p), path)))(variables["params"], path)
+    for keypath, g, f, s in zip(*zip(*jax.tree_util.tree_leaves_with_path(frozen)),
+                                jax.tree.leaves(free), jax.tree.leaves(shared)):
+        name = jax.tree_util.keystr(keypath)
+        g, f, s = np.asarray(g), np.asarray(f), np.asarray(s)
+        if sdr.KD_HEAD in name:
+            s = np.zeros_like(s)
+        assert not g[s].any(), name
+        np.testing.assert_allclose(g[~s], f[~s], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def sdr_step_setup(config, devices, compact_stage):

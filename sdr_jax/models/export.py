@@ -112,6 +112,27 @@ def subnet_of(model: SimSiam, variables: Variables, path: Any) -> tuple[SimSiam,
     return model.clone(backbone=compact), {"params": params, "batch_stats": stats}
 
 
+def shared_entries(model: SimSiam, variables: Variables) -> Any:
+    """Per parameter, True on the entries every sub-net of the SDRnet `model` uses.
+
+    Those are the shared channels' weights and every unsplit part (stem, plain stages, the
+    heads' rows past the projector's input). Read off the gathers themselves: the transpose of
+    one sub-net's gather (`subnet_of`) applied to ones is nonzero exactly on the entries it uses;
+    groups are disjoint, so the sub-nets of two groups (every block on group 0, every block on
+    group 1) share exactly what all share. Works on traced params too (inside a step)."""
+    if model.sdr is None or model.sdr.num_groups < 2:
+        raise ValueError("shared_entries needs an SDRnet with at least two groups per block.")
+
+    def used(group: int) -> Any:
+        path = np.full(len(model.sdr.stages), group, np.int32)
+        gather = lambda params: subnet_of(model, {**variables, "params": params},  # noqa: E731
+                                          path)[1]["params"]
+        out, pull = jax.vjp(gather, variables["params"])
+        return pull(jax.tree.map(jnp.ones_like, out))[0]
+
+    return jax.tree.map(lambda a, b: (a != 0) & (b != 0), used(0), used(1))
+
+
 # -- files of exported sub-nets ------------------------------------------------------------------
 
 def save_exported(directory: str, model: SimSiam, variables: Variables, meta: dict) -> None:

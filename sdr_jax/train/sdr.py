@@ -3,7 +3,9 @@
 Loss of a step, for the SSL method M of `config.method` (SimSiam, BYOL, ...): M(SDRnet; D0) +
 mean over sampled paths of [M(sub-net; its subset) + λ · KD(sub-net → SDRnet)], KD being SiamKD
 (negative cosine of a second predictor's output against the stop-gradient SDRnet projection of
-the same image) or the L2 baseline, whatever M is (`methods/distill.py`).
+the same image) or the L2 baseline, whatever M is (`methods/distill.py`). With
+`sdr.freeze_shared`, the bracket's gradient reaches only the entries some path lacks (a path's
+own groups, the SiamKD predictor): what every sub-net shares learns from M(SDRnet; D0) alone.
 
 Distribution: the D0 batch is split over all devices and its batch norm is synchronised (SyncBN:
 the SDRnet sees one global batch). The sampled paths are split over the devices too — every
@@ -44,6 +46,7 @@ from ml_collections import ConfigDict
 from sdr_jax import methods, models
 from sdr_jax.methods import distill
 from sdr_jax.models import compact as compact_lib
+from sdr_jax.models import export
 from sdr_jax.data import assignments as assignments_lib
 from sdr_jax.data import photometric, sdr_batches
 from sdr_jax.core.errors import ConfigError
@@ -62,12 +65,13 @@ SDRMetrics = step_lib.metrics_collection(
 
 def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, state: TrainState,
              batch: dict, full_path: jax.Array, *, kd: str, kd_weight: float, with_subnets: bool,
-             compact_stage: Optional[int] = None):
+             compact_stage: Optional[int] = None, freeze_shared: bool = False):
     """This device's share of the SDR loss: (loss, (batch_stats, method_state, metric values)).
 
     Must run under `jax.shard_map` over DATA_AXIS (the BN statistics use it). With
     `compact_stage`, the sub-nets (paths of that progressive stage) run at their own width
-    (`models/compact.py`); the SiamKD teacher, the SDRnet, stays masked.
+    (`models/compact.py`); the SiamKD teacher, the SDRnet, stays masked. `freeze_shared`: the
+    sub-net terms see the shared entries through a stop-gradient (module docstring).
     """
     loss_sdrnet, batch_stats, method_state, (out1, _) = method.forward(
         sdrnet_model, params, state.batch_stats, state.method_state, batch["d0_view1"],
@@ -82,12 +86,14 @@ def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, stat
 
     student = (subnet_model if compact_stage is None
                else compact_lib.CompactSubnets(subnet_model, compact_stage))
+    student_params = (_freeze_shared(subnet_model, params, state.batch_stats) if freeze_shared
+                      else params)
 
     def one_path(path, view1, view2):
         # Train-mode BN (batch statistics); the running-statistics updates (the network's and
         # the method state's) are dropped (module docstring: only the SDRnet's D0 pass updates
         # them, whatever the layout).
-        loss, _, _, outs = method.forward(student, params, state.batch_stats,
+        loss, _, _, outs = method.forward(student, student_params, state.batch_stats,
                                           state.method_state, view1, view2, path)
         return loss, jnp.stack([outs[0]["kd"], outs[1]["kd"]]), methods.collapse_std(outs[0]["z"])
 
@@ -112,6 +118,19 @@ def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, stat
             (batch_stats, method_state, _global(values)))
 
 
+KD_HEAD = "kd_predictor"  # the SiamKD predictor's params (models/simsiam.py): sub-nets' alone
+
+
+def _freeze_shared(model, params, batch_stats):
+    """`params` with a stop-gradient on the entries every sub-net shares (the SiamKD predictor
+    excepted: only sub-nets use it). The mask depends on shapes only: it is computed from
+    constants, so XLA folds it."""
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    shared = export.shared_entries(model, {"params": zeros, "batch_stats": batch_stats})
+    shared[KD_HEAD] = jax.tree.map(jnp.zeros_like, shared[KD_HEAD])
+    return jax.tree.map(lambda p, s: jnp.where(s, jax.lax.stop_gradient(p), p), params, shared)
+
+
 def _global(values: dict) -> dict:
     return {k: jax.lax.pmean(v, DATA_AXIS) for k, v in values.items()}
 
@@ -119,7 +138,8 @@ def _global(values: dict) -> dict:
 def make_sdr_step(method: methods.SSLMethod, sdrnet_model, subnet_model,
                   tx: optax.GradientTransformation, mesh: Mesh, full_path: jax.Array, *, kd: str,
                   kd_weight: float, with_subnets: bool, aug_cfg: ConfigDict | None,
-                  seed: int = 0, compact_stage: Optional[int] = None):
+                  seed: int = 0, compact_stage: Optional[int] = None,
+                  freeze_shared: bool = False):
     """One jitted SPMD step `(state, global batch) -> (state, metrics)`, state donated.
 
     `sdrnet_model`: built with bn_axis_name=DATA_AXIS (SyncBN); `subnet_model`: the same with
@@ -127,12 +147,12 @@ def make_sdr_step(method: methods.SSLMethod, sdrnet_model, subnet_model,
     Every view gets the photometric augmentations of `aug_cfg` on the device (module
     docstring); `aug_cfg=None`: the views are used as they come. `compact_stage`: the sub-nets
     run compact (`sdr.subnet_exec='compact'`), for the paths of this stage only (one step
-    function, one compile, per stage); None: masked, any stage.
+    function, one compile, per stage); None: masked, any stage. `freeze_shared`: `sdr_loss`.
     """
     def loss_fn(params, state, batch):
         return sdr_loss(method, sdrnet_model, subnet_model, params, state, batch, full_path,
                         kd=kd, kd_weight=kd_weight, with_subnets=with_subnets,
-                        compact_stage=compact_stage)
+                        compact_stage=compact_stage, freeze_shared=freeze_shared)
 
     return step_lib.make_step(loss_fn, tx, mesh, metrics=SDRMetrics,
                               after_update=trainer_lib.method_update(method),
@@ -235,7 +255,8 @@ class SDRTrainer(trainer_lib.Trainer):
         make = lambda with_subnets, stage=None: make_sdr_step(  # noqa: E731
             self.method, self.sdrnet_model, self.subnet_model, self.tx, self.mesh,
             self.full_path, kd=cfg.kd, kd_weight=cfg.kd_weight, with_subnets=with_subnets,
-            aug_cfg=self.config.data.aug, seed=self.config.seed, compact_stage=stage)
+            aug_cfg=self.config.data.aug, seed=self.config.seed, compact_stage=stage,
+            freeze_shared=cfg.freeze_shared)
         # One step function per progressive stage: stage 0 trains the SDRnet alone; compact
         # sub-nets change shapes with the stage, masked ones share one function for all stages.
         compact = cfg.subnet_exec == "compact"
