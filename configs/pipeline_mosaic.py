@@ -56,6 +56,11 @@ def get_config(arg: str | None = None):
         # quarter of the recipe's peak rather than restarting at the peak. Chosen on routing
         # validation (docs/RESULTS.md, the `ablation_sdr_lr_peak` arm: the restart).
         config.sdr.optim.base_lr = config.simsiam.optim.base_lr / 4
+        # No SiamKD term here: every distillation weight tried (1, 0.3, 0.1) lowered the routed
+        # paths' validation kNN against none, on both seeds (1 vs 0: 61.8 vs 63.4, mean of two);
+        # docs/RESULTS.md, "Where the SDR stage loses the features". `--config.sdr.sdr.kd_weight=1`
+        # restores the sources' recipe.
+        config.sdr.sdr.kd_weight = 0.0
     # Masked sub-nets: one compile for the whole SDR stage. Compact ones run ~10% faster a step
     # here but compile once per progressive stage (~45 s each on 2 CPU cores, ~65 s on an
     # H200): the default's SDR stage took 368 s compact vs 239 s masked (2026-11-26, same

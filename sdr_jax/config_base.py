@@ -263,7 +263,7 @@ def sdr_config(*, dataset: str, image_size: int, arch: str, width: float, stem: 
     config.sdr.paths_per_step = 0          # sub-nets trained per step (0 = one per device)
     config.sdr.subnet_batch_size = 0       # images per sub-net (0 = batch_size / paths_per_step)
     config.sdr.kd = "siamkd"               # 'siamkd' or 'l2' (the distillation ablation)
-    config.sdr.kd_weight = 1.0             # λ
+    config.sdr.kd_weight = 1.0             # λ (0: no distillation: no teacher pass, loss_kd 0)
     config.sdr.freeze_shared = False       # True: the sub-net terms train only the entries some
                                            # path lacks (its groups; the SiamKD predictor); the
                                            # shared ones learn from the SDRnet's D0 term alone

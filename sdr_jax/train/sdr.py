@@ -104,12 +104,15 @@ def sdr_loss(method: methods.SSLMethod, sdrnet_model, subnet_model, params, stat
     per_path = [one_path(batch["paths"][i], batch["sub_view1"][i], batch["sub_view2"][i])
                 for i in range(num_paths)]
     loss_sub, kd_predictions, stds = (jnp.stack(terms) for terms in zip(*per_path))
-    # The SiamKD teacher (the SDRnet) on every path's two views: one vmapped pass.
-    views = jnp.stack([batch["sub_view1"], batch["sub_view2"]], axis=1)  # (paths, 2, b, ...)
-    loss_kd = distill.distill_losses(
-        kd, subnet_model, params, state.batch_stats,
-        kd_predictions.reshape(-1, *kd_predictions.shape[2:]),
-        views.reshape(-1, *views.shape[2:]), full_path).reshape(num_paths, 2).mean(axis=1)
+    if kd_weight:
+        # The SiamKD teacher (the SDRnet) on every path's two views: one vmapped pass.
+        views = jnp.stack([batch["sub_view1"], batch["sub_view2"]], axis=1)  # (paths, 2, b, ...)
+        loss_kd = distill.distill_losses(
+            kd, subnet_model, params, state.batch_stats,
+            kd_predictions.reshape(-1, *kd_predictions.shape[2:]),
+            views.reshape(-1, *views.shape[2:]), full_path).reshape(num_paths, 2).mean(axis=1)
+    else:  # no distillation: the teacher pass is skipped (the same gradients; loss_kd logs 0)
+        loss_kd = jnp.zeros((num_paths,), jnp.float32)
     values.update(loss_subnet=loss_sub.mean(), loss_kd=loss_kd.mean(),
                   collapse_std_subnet=stds.mean(),
                   collapse_std_subnet_min=jax.lax.pmin(jax.lax.stop_gradient(stds).min(),
