@@ -10,12 +10,13 @@ together (cluster.pretrain_workdir, sdr.sdr.assignments, sdr.sdr.init_from), so 
 empty. `data_dir`, when set, is the TFDS data_dir of every stage. SimSiam and the SDRnet share the model size
 (ResNet-18 x0.25, 16x16): the SimSiam run is the baseline of the summary table.
 
-Default sizes (13 min 53 s measured on 2 quiet CPU cores, README): SimSiam 3200 steps of 64 images
+Default sizes (13 min 1 s measured on 2 quiet CPU cores, README): SimSiam 3200 steps of 64 images
 at 16x16 (~5 epochs of the 40.7k pool), clustering into the 16 leaves of G=2 x L=4, SDR 300 steps
 of 64 images for the SDRnet + 4 paths x 32 for the sub-nets, starting from the SimSiam weights
 (`sdr_from_simsiam`: stage 0 gets no steps, stages 1-4 a quarter each, at a quarter of the
-recipe's lr, sub-nets masked: one compile; with `--config.sdr_from_simsiam=False` also pass
-`--config.sdr.sdr.stage_fractions="()" --config.sdr.optim.base_lr=0.2`), routing
+recipe's lr, no SiamKD term, sub-nets masked: one compile; with
+`--config.sdr_from_simsiam=False` also pass `--config.sdr.sdr.stage_fractions="()"
+--config.sdr.optim.base_lr=0.2`), routing
 of the 16 paths on the 6 tasks, each path selected on 250 held-out train images with 1000
 memory images and scored on all the task's test images (up to 1000; BN recalibrated on 512).
 The trainers' own end-of-run kNN is off: the summary table is the evaluation. `:tiny` runs the
