@@ -385,7 +385,7 @@ def format_table(ranking: dict, top: Optional[int] = None) -> str:
 
 
 def format_within_noise(ranking: dict) -> str:
-    """'k of P paths within validation noise of the routed one' (rankings before it: '')."""
+    """'k of P paths within validation noise of the routed one' (older rankings: not recorded)."""
     if "paths_within_noise" not in ranking:
         return "paths within validation noise: not recorded"
     return (f"{ranking['paths_within_noise']} of {ranking['num_paths']} paths within validation "

@@ -126,8 +126,8 @@ KD_HEAD = "kd_predictor"  # the SiamKD predictor's params (models/simsiam.py): s
 
 def _freeze_shared(model, params, batch_stats):
     """`params` with a stop-gradient on the entries every sub-net shares (the SiamKD predictor
-    excepted: only sub-nets use it). The mask depends on shapes only: it is computed from
-    constants, so XLA folds it."""
+    excepted: only sub-nets use it). The mask depends on shapes only, so it is computed from
+    zeros of the params' shapes: constants in the step, never the step's values."""
     zeros = jax.tree.map(jnp.zeros_like, params)
     shared = export.shared_entries(model, {"params": zeros, "batch_stats": batch_stats})
     shared[KD_HEAD] = jax.tree.map(jnp.zeros_like, shared[KD_HEAD])
