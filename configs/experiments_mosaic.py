@@ -100,8 +100,9 @@ def get_config(arg: str | None = None):
     # Every SDR arm keeps the sources' SiamKD (weight 1), as its runs in docs/RESULTS.md were
     # made: the pipeline's own default dropped it later, chosen on routing validation
     # (docs/RESULTS_notes.md, "Two seeds, and the choice").
-    arms = [a if a.kind != "pipeline" else arm(**{**a.to_dict(), "overrides": (
-                ("sdr.sdr.kd_weight", 1.0), *a.overrides)}) for a in arms]
+    for a in arms:
+        if a.kind == "pipeline":
+            a.overrides = (("sdr.sdr.kd_weight", 1.0), *a.overrides)
     config.arms = tuple(arms)
     # The reference of the ablations (same SimSiam, clusters and baseline).
     config.ablation_reference = "sdr_seed0"

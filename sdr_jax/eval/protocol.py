@@ -177,11 +177,15 @@ def knn_correct_by_split(train_x: np.ndarray, test_x: np.ndarray, data: TaskData
             "test": knn_correct(mem_x, mem_y, test_x, data.test_labels, **knn)}
 
 
+def cells_of(correct: dict[str, np.ndarray]) -> dict[str, Any]:
+    """{split: its accuracy cell} of per-query right/wrong arrays."""
+    return {split: cell(int(right.sum()), len(right)) for split, right in correct.items()}
+
+
 def knn_scores(train_x: np.ndarray, test_x: np.ndarray, data: TaskData,
                config: ConfigDict) -> dict[str, Any]:
     """{'validation', 'test'} kNN cells; the memory is the split's memory for both."""
-    return {split: cell(int(right.sum()), len(right))
-            for split, right in knn_correct_by_split(train_x, test_x, data, config).items()}
+    return cells_of(knn_correct_by_split(train_x, test_x, data, config))
 
 
 def within_noise(correct: np.ndarray, selected: int, z: float = 1.96) -> np.ndarray:

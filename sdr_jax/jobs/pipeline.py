@@ -330,8 +330,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, row in tasks.items():
         path = ",".join(str(x) for x in row["path"])
         oracle = ",".join(str(x) for x in row["oracle_path"])
-        tied = row.get("paths_within_noise")
-        tied = f"; {tied} of {row['num_paths']} within its noise" if tied is not None else ""
+        ties = row.get("paths_within_noise")
+        tied = f"; {ties} of {row['num_paths']} within its noise" if ties is not None else ""
         lines.append(f"{name:<{width}}  {path} ({row['path_index']} of {row['num_paths']}, "
                      f"validation {100 * row['routed_validation']['accuracy']:.2f}%{tied}), oracle "
                      f"{oracle} ({row['oracle_index']}); "

@@ -252,8 +252,7 @@ def route(config: ConfigDict, workdir: str, task_name: str, out: Optional[str] =
     data.check_same(feats["train_ids"], feats["test_ids"])
     correct = [protocol.knn_correct_by_split(feats["train"][i], feats["test"][i], data, config)
                for i in range(spec.num_paths)]
-    path_scores = [{split: protocol.cell(int(right.sum()), len(right))
-                    for split, right in c.items()} for c in correct]
+    path_scores = [protocol.cells_of(c) for c in correct]
     validation = np.array([s["validation"]["accuracy"] for s in path_scores])
     test = np.array([s["test"]["accuracy"] for s in path_scores])
     selected = protocol.select(validation)   # the routed sub-net: chosen without test labels
