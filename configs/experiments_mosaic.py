@@ -59,16 +59,23 @@ def get_config(arg: str | None = None):
                            ("cluster.cluster.seed", seed)))
             for seed in seeds]
     # Negative transfer: SimSiam on the whole pool and on each pool domain alone, the same
-    # number of steps for every arm (fewer than the headline's SimSiam: 6 runs had to fit).
-    steps = () if tiny else (("simsiam.train.num_steps", 500 if arg != "long" else 16000),)
+    # number of steps for every arm (half the headline's SimSiam, ~2.5 epochs of the pool and
+    # 11-90 of one domain: 6 runs had to fit).
+    steps = () if tiny else (("simsiam.train.num_steps", 1600 if arg != "long" else 16000),)
     arms.append(arm("simsiam_pool", "negative_transfer", kind="simsiam", overrides=steps))
     domains = ("mnist",) if tiny else POOL_DOMAINS
     arms += [arm(f"simsiam_{domain}", "negative_transfer", kind="simsiam",
                  overrides=steps + (("simsiam.data.domains", (domain,)),))
              for domain in domains]
+    # The pipeline's SDR stage distils nothing (weight 0, chosen on routing validation); these
+    # two arms put the sources' distillation back, SiamKD or L2, at weight 1.
     arms += [
-        arm("ablation_kd_l2", "ablation", overrides=(("sdr.sdr.kd", "l2"),),
-            share_from="sdr_seed0", shared=shared_start, note="L2 distillation, not SiamKD"),
+        arm("ablation_siamkd", "ablation", overrides=(("sdr.sdr.kd_weight", 1.0),),
+            share_from="sdr_seed0", shared=shared_start,
+            note="SiamKD distillation, weight 1 (the sources' recipe)"),
+        arm("ablation_kd_l2", "ablation",
+            overrides=(("sdr.sdr.kd_weight", 1.0), ("sdr.sdr.kd", "l2")),
+            share_from="sdr_seed0", shared=shared_start, note="L2 distillation, weight 1"),
         arm("ablation_no_progressive", "ablation",
             overrides=(("sdr.sdr.progressive", False),),
             share_from="sdr_seed0", shared=shared_start,
@@ -95,14 +102,9 @@ def get_config(arg: str | None = None):
             note="G=4 groups x L=3 stages: 64 sub-nets"),
     ]
     if tiny:  # one ablation exercises sharing; the rest only cost time in a test
-        arms = [a for a in arms if a.name not in ("ablation_kd_l2", "ablation_sdr_lr_peak",
-                                                  "ablation_subnets4", "ablation_subnets64")]
-    # Every SDR arm keeps the sources' SiamKD (weight 1), as its runs in docs/RESULTS.md were
-    # made: the pipeline's own default dropped it later, chosen on routing validation
-    # (docs/RESULTS_notes.md, "Two seeds, and the choice").
-    for a in arms:
-        if a.kind == "pipeline":
-            a.overrides = (("sdr.sdr.kd_weight", 1.0), *a.overrides)
+        arms = [a for a in arms if a.name not in ("ablation_siamkd", "ablation_kd_l2",
+                                                  "ablation_sdr_lr_peak", "ablation_subnets4",
+                                                  "ablation_subnets64")]
     config.arms = tuple(arms)
     # The reference of the ablations (same SimSiam, clusters and baseline).
     config.ablation_reference = "sdr_seed0"

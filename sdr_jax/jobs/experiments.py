@@ -558,7 +558,7 @@ def _ablations(arms: list[dict[str, Any]], reference: str) -> list[str]:
     for a in [ref] + ablations:
         change = a["arm"].note or ", ".join(f"{field}={value}" for field, value in
                                             a["arm"].overrides if not field.endswith("seed"))
-        change = change if a is not ref else "(reference: G=2 x L=4, progressive, SiamKD)"
+        change = change if a is not ref else "(reference: the pipeline config as it is)"
         if a["summary"] is None:
             rows.append([a["arm"].name, change, "-",
                          "failed (diverged, see below)" if a["failed"] else "not run", "", "", ""])
