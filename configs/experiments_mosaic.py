@@ -16,8 +16,10 @@ WORKDIR/<arm name>:
 e.g. the ablations start from the seed-0 SimSiam run and clusters). `study` says which table of
 the report an arm belongs to. Arms run in the order listed; a finished arm is skipped.
 
-Variants: default (about 2 hours on 2 CPU cores shared with other jobs, several arms at a
-time), `:tiny` (mosaic/small, for tests) and `:long` (the pipeline's `:long` size; each of
+Variants: default (1 h 50 min on 2 CPU cores on 2026-11-27: the two headline arms side by side,
+then the others one at a time: two processes with disjoint --arms lists share one workdir, the
+ablations' after sdr_seed0's),
+`:tiny` (mosaic/small, for tests) and `:long` (the pipeline's `:long` size; each of
 its pipeline arms is about 2 hours on 2 quiet CPU cores, so the whole set is about a day:
 defined, not run here).
 """
@@ -60,7 +62,7 @@ def get_config(arg: str | None = None):
             for seed in seeds]
     # Negative transfer: SimSiam on the whole pool and on each pool domain alone, the same
     # number of steps for every arm (half the headline's SimSiam, ~2.5 epochs of the pool and
-    # 11-90 of one domain: 6 runs had to fit).
+    # 6-72 of one domain: 6 runs had to fit).
     steps = () if tiny else (("simsiam.train.num_steps", 1600 if arg != "long" else 16000),)
     arms.append(arm("simsiam_pool", "negative_transfer", kind="simsiam", overrides=steps))
     domains = ("mnist",) if tiny else POOL_DOMAINS
