@@ -42,16 +42,11 @@ def main() -> None:
                                  pool_dataset=run_config.data.dataset,
                                  image_size=run_config.data.image_size,
                                  mesh=mesh_lib.make_data_mesh())
-
-        def network(weights, ev=ev):  # BN recalibrated on the task, as the protocol's networks
-            deployed = ev.deployed_variables(model, weights, path)
-            return ev.features(lambda x: model.apply(deployed, x, path, False)["feature"])
-
         init = protocol.random_init_variables(model, path, ev.image_size, config.random_init_seed)
-        feats = {"trained": network(variables), "random init": network(init),
+        feats = {"trained": ev.network_features(model, variables, path),
+                 "random init": ev.network_features(model, init, path),
                  "pixels": ev.features(lambda x: x.reshape(x.shape[0], -1))}
         for name, (train_x, test_x) in feats.items():
-            train_x = np.asarray(train_x, np.float32)
             centred = protocol.centre_on_memory(train_x, test_x, ev.data.split)
             rows[name][task] = {
                 "raw": protocol.knn_scores(train_x, test_x, ev.data, config),

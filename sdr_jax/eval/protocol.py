@@ -348,15 +348,21 @@ class Evaluation:
             return variables
         return export.recalibrate_bn(model, variables, path, self.recal)
 
-    def network(self, model, variables: dict, path: Any, *, linear: bool,
-                recalibrate: bool = True) -> dict[str, Any]:
-        """Scores of `model` on `path` (None for a compact network)."""
+    def network_features(self, model, variables: dict, path: Any, *,
+                         recalibrate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) features of `model` on `path` (None for a compact network), its BN
+        per `config.bn` unless `recalibrate` is off."""
         if recalibrate:
             variables = self.deployed_variables(model, variables, path)
         path = None if path is None else jnp.asarray(path)
-        train_x, test_x = self.features(
+        return self.features(
             lambda images: model.apply(variables, images, path, False)["feature"])
-        return self.scores(train_x, test_x, linear=linear)
+
+    def network(self, model, variables: dict, path: Any, *, linear: bool,
+                recalibrate: bool = True) -> dict[str, Any]:
+        """Scores of `model` on `path` (None for a compact network)."""
+        return self.scores(*self.network_features(model, variables, path,
+                                                  recalibrate=recalibrate), linear=linear)
 
     def pixels(self) -> dict[str, Any]:
         """The raw-pixel baseline (kNN only: the probe on S*S*3 inputs is not 'modest')."""
